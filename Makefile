@@ -1,0 +1,34 @@
+# mri2mri: `make demo` sets everything up and runs the experiment; `make test` runs the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+# On this project's CPU machines torch 2.13.0 is the CPU wheel; on a GPU machine any torch >= 2.4
+# works: `make demo TORCH_SPEC="torch==2.5.1"` (or install torch into .venv yourself first).
+TORCH_SPEC ?= torch==2.13.0
+STAMP   = $(VENV)/.installed
+
+.PHONY: setup demo test bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/mri2mri demo $(DEMO_ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(TEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) outputs build *.egg-info src/*.egg-info .pytest_cache

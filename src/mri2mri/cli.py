@@ -1,0 +1,416 @@
+"""The ``mri2mri`` command: builds configurations from arguments and calls the library.
+
+Nothing here trains, evaluates or reads images itself. Errors of the user's making
+(``UserError``) are printed as one line without a traceback and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from mri2mri import __version__
+from mri2mri.config import DEFAULT_RUN_NAME, DataConfig, ModelConfig, RunConfig, TrainConfig
+from mri2mri.errors import ConfigError, UserError
+
+# Defaults of `train` and `demo` (chosen by the equal-budget ablation in benchmarks/).
+DEFAULTS = RunConfig()
+
+
+# --------------------------------------------------------------------------------------------
+# Shared options
+# --------------------------------------------------------------------------------------------
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--source", default=DEFAULTS.data.source, help="input contrast (T1, T2, FLAIR, T1c, PD)")
+    group.add_argument("--target", default=DEFAULTS.data.target, help="contrast to synthesise")
+    group.add_argument("--image-size", type=int, default=None, help="slice size in pixels (default 256)")
+    group.add_argument("--context-slices", type=int, default=DEFAULTS.data.context_slices,
+                       help="2.5D: neighbouring slices on each side as extra input channels")  # fmt: skip
+    group.add_argument("--min-brain-fraction", type=float, default=DEFAULTS.data.min_brain_fraction)
+    group.add_argument("--val-fraction", type=float, default=DEFAULTS.data.val_fraction)
+    group.add_argument("--test-fraction", type=float, default=DEFAULTS.data.test_fraction)
+    group.add_argument("--split-seed", type=int, default=DEFAULTS.data.split_seed)
+    group.add_argument("--register", action="store_true", help="rigidly register source to target (mutual information)")
+    group.add_argument("--cache", type=Path, default=None, help="where to keep the prepared slice cache")
+
+
+def _add_train_options(parser: argparse.ArgumentParser) -> None:
+    model, train = DEFAULTS.model, DEFAULTS.train
+    group = parser.add_argument_group("model")
+    group.add_argument("--generator", default=model.generator)
+    group.add_argument("--discriminator", default=model.discriminator)
+    group.add_argument("--base-channels", type=int, default=model.base_channels)
+    group.add_argument("--norm", default=model.norm, help="batch, instance or none")
+    group.add_argument("--dropout", type=float, default=model.dropout)
+    group.add_argument("--upsample", default=model.upsample, help="transpose or resize")
+    group.add_argument("--disc-layers", type=int, default=model.disc_layers)
+    group.add_argument("--disc-scales", type=int, default=model.disc_scales)
+    group.add_argument("--spectral-norm", action="store_true")
+
+    group = parser.add_argument_group("training")
+    group.add_argument("--epochs", type=int, default=train.epochs)
+    group.add_argument("--batch-size", type=int, default=train.batch_size)
+    group.add_argument("--lr", type=float, default=train.lr)
+    group.add_argument("--beta1", type=float, default=train.beta1)
+    group.add_argument("--gan-loss", default=train.gan_loss, help="bce, lsgan, hinge or wgan-gp")
+    group.add_argument("--lambda-l1", type=float, default=train.lambda_l1)
+    group.add_argument("--lambda-ssim", type=float, default=train.lambda_ssim)
+    group.add_argument("--lambda-fm", type=float, default=train.lambda_feature_matching,
+                       help="weight of discriminator feature matching")  # fmt: skip
+    group.add_argument("--lambda-perceptual", type=float, default=train.lambda_perceptual)
+    group.add_argument("--perceptual-weights", default=None, help="state_dict file of the perceptual network")
+    group.add_argument("--lambda-gp", type=float, default=train.lambda_gp)
+    group.add_argument("--lr-decay-epochs", type=int, default=train.lr_decay_epochs)
+    group.add_argument("--ema", type=float, default=train.ema_decay, help="EMA decay of G's weights (0: off)")
+    group.add_argument("--grad-clip", type=float, default=train.grad_clip)
+    group.add_argument("--d-steps", type=int, default=train.d_steps)
+    group.add_argument("--augment", action="store_true", help="MRI-aware augmentation of training slices")
+    group.add_argument("--seed", type=int, default=train.seed)
+    group.add_argument("--device", default=train.device, help="auto, cpu, cuda or mps")
+    group.add_argument("--precision", default=train.precision, help="fp32, bf16 or fp16")
+    group.add_argument("--channels-last", action="store_true")
+    group.add_argument("--compile", action="store_true")
+    group.add_argument("--num-workers", type=int, default=train.num_workers)
+    group.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                       help="stop after this much training time, writing a checkpoint")  # fmt: skip
+    group.add_argument("--max-steps-per-epoch", type=int, default=None)
+    group.add_argument("--max-bad-steps", type=int, default=train.max_bad_steps)
+    group.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS")
+    group.add_argument("--run-name", default=train.run_name)
+    group.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lang", default="en", choices=("en", "zh"), help="language of figures and report")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _configs(args: argparse.Namespace, image_size: int) -> RunConfig:
+    data = DataConfig(
+        source=args.source,
+        target=args.target,
+        image_size=image_size,
+        context_slices=args.context_slices,
+        min_brain_fraction=args.min_brain_fraction,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        split_seed=args.split_seed,
+        register=args.register,
+        augment=args.augment,
+    )
+    model = ModelConfig(
+        generator=args.generator,
+        discriminator=args.discriminator,
+        in_channels=data.in_channels,
+        base_channels=args.base_channels,
+        norm=args.norm,
+        dropout=args.dropout,
+        upsample=args.upsample,
+        disc_layers=args.disc_layers,
+        disc_scales=args.disc_scales,
+        spectral_norm=args.spectral_norm,
+    )
+    train = TrainConfig(
+        run_name=args.run_name,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        beta1=args.beta1,
+        gan_loss=args.gan_loss,
+        lambda_l1=args.lambda_l1,
+        lambda_ssim=args.lambda_ssim,
+        lambda_feature_matching=args.lambda_fm,
+        lambda_perceptual=args.lambda_perceptual,
+        perceptual_weights=args.perceptual_weights,
+        lambda_gp=args.lambda_gp,
+        lr_decay_epochs=args.lr_decay_epochs,
+        ema_decay=args.ema,
+        grad_clip=args.grad_clip,
+        d_steps=args.d_steps,
+        seed=args.seed,
+        device=args.device,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        num_workers=args.num_workers,
+        time_budget=args.time_budget,
+        max_steps_per_epoch=args.max_steps_per_epoch,
+        max_bad_steps=args.max_bad_steps,
+        lang=args.lang,
+    )
+    return RunConfig(data=data, model=model, train=train)
+
+
+def _validate_choices(config: RunConfig) -> None:
+    """Every name is checked before any data is prepared or any network is built."""
+    from mri2mri import losses
+    from mri2mri.models import build_discriminator, build_generator, check_image_size
+    from mri2mri.runtime import check_precision, resolve_device
+
+    build_generator(config.model)
+    build_discriminator(config.model)
+    check_image_size(config.model, config.data.image_size)
+    if config.train.gan_loss not in losses.GAN_LOSSES:
+        raise ConfigError(
+            f"unknown --gan-loss {config.train.gan_loss!r}; choose one of {', '.join(losses.GAN_LOSSES)}"
+        )
+    check_precision(config.train.precision, resolve_device(config.train.device))
+
+
+# --------------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------------
+
+
+def cmd_phantom(args: argparse.Namespace) -> int:
+    from mri2mri.data.phantom import write_phantom
+
+    paths = write_phantom(args.out, n_subjects=args.subjects, seed=args.seed)
+    print(f"wrote {len(paths)} simulated subjects (T1, T2, PD NIfTI) to {args.out}")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from mri2mri.data.preprocess import prepare
+
+    config = DataConfig(
+        source=args.source, target=args.target, image_size=args.image_size or 256,
+        context_slices=args.context_slices, min_brain_fraction=args.min_brain_fraction,
+        val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+        split_seed=args.split_seed, register=args.register,
+    )  # fmt: skip
+    out = prepare(args.data, config, args.out, progress=not args.quiet)
+    print(f"slice cache ready: {out}")
+    return 0
+
+
+def _prepare_for_run(data: Path, config: RunConfig, cache: Path | None, run_dir: Path, quiet: bool) -> Path:
+    from mri2mri.data.cache import is_cache
+    from mri2mri.data.preprocess import ensure_cache
+
+    if is_cache(data):
+        return data
+    return ensure_cache(data, config.data, cache or run_dir / "cache")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mri2mri.data.cache import SliceCache, is_cache
+    from mri2mri.training import train
+
+    run_dir = args.out
+    image_size = args.image_size
+    if image_size is None:
+        image_size = SliceCache(args.data).image_size[0] if is_cache(args.data) else 256
+    config = _configs(args, image_size)
+    if args.resume:
+        config = _resume_config(run_dir, config, args)
+    _validate_choices(config)
+    cache = _prepare_for_run(args.data, config, args.cache, run_dir, args.quiet)
+    result = train(config, cache, run_dir, resume=args.resume, progress=not args.quiet,
+                   checkpoint_every=args.checkpoint_every)  # fmt: skip
+    _copy_split(cache, run_dir)
+    how = "time budget reached" if result.stopped_by_budget else "done"
+    print(f"training {how}: {result.epochs_done} epochs, {result.global_step} steps, "
+          f"{result.train_seconds:.1f} s of training; run folder {run_dir}")  # fmt: skip
+    return 0
+
+
+def _resume_config(run_dir: Path, config: RunConfig, args: argparse.Namespace) -> RunConfig:
+    """A resumed run keeps its saved configuration; only the length and budget may change."""
+    from mri2mri.config import replace
+
+    saved_file = run_dir / "config.json"
+    if not saved_file.is_file():
+        raise UserError(f"{run_dir}: nothing to resume (no config.json)")
+    saved = RunConfig.load(saved_file)
+    train = replace(saved.train, epochs=args.epochs, time_budget=args.time_budget,
+                    device=args.device, num_workers=args.num_workers, lang=args.lang)  # fmt: skip
+    return replace(saved, train=train)
+
+
+def _copy_split(cache: Path, run_dir: Path) -> None:
+    """The run keeps the split it trained on, so `test` can refuse to score training subjects."""
+    source = Path(cache) / "split.json"
+    if source.is_file() and Path(run_dir).is_dir():
+        (Path(run_dir) / "split.json").write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from mri2mri.inference import evaluate_run
+
+    metrics = evaluate_run(args.run, args.data, cache_dir=args.cache, out_dir=args.out,
+                           lang=args.lang, device=args.device, batch_size=args.batch_size,
+                           progress=not args.quiet)  # fmt: skip
+    print(json.dumps(metrics.get("summary", {}), indent=2))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from mri2mri.predict import predict_path
+
+    written = predict_path(args.checkpoint, args.input, args.output, device=args.device,
+                           batch_size=args.batch_size, overwrite=args.overwrite,
+                           precision=args.precision)  # fmt: skip
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from mri2mri.export import export_model
+
+    written = export_model(args.checkpoint, onnx_path=args.onnx, safetensors_path=args.safetensors,
+                           overwrite=args.overwrite)  # fmt: skip
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from mri2mri.compare import compare_runs
+
+    table, csv_path, figure = compare_runs(args.runs, args.out, lang=args.lang)
+    print(table)
+    print(f"\nwrote {csv_path}, {figure} and {Path(args.out) / 'compare.md'}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Phantom -> prepare -> train -> test -> figures and report, on the built-in data."""
+    import torch
+
+    from mri2mri.data.phantom import write_phantom
+    from mri2mri.data.preprocess import prepare
+    from mri2mri.inference import evaluate_run
+    from mri2mri.training import train
+
+    started = time.perf_counter()
+    out = Path(args.out)
+    on_gpu = torch.cuda.is_available() and args.device in ("auto", "cuda")
+    # Sized to finish in minutes on 2 CPU cores; full resolution where a GPU is present.
+    image_size = args.image_size or (256 if on_gpu else 128)
+    epochs = args.epochs or (30 if on_gpu else 6)
+    args.image_size = image_size
+    args.epochs = epochs
+    config = _configs(args, image_size)
+    _validate_choices(config)
+    data_dir = out / "phantom"
+    if not (data_dir / "sub-01").is_dir():
+        print(f"[1/4] simulating {args.subjects} subjects (T1, T2, PD) into {data_dir}")
+        write_phantom(data_dir, n_subjects=args.subjects, seed=args.seed)
+    print(f"[2/4] preparing slices ({image_size} px) into {out / 'cache'}")
+    cache = prepare(data_dir, config.data, out / "cache", progress=not args.quiet)
+    run_dir = out / config.train.run_name
+    print(f"[3/4] training {config.model.generator} generator + {config.model.discriminator} "
+          f"discriminator for {epochs} epochs into {run_dir}")  # fmt: skip
+    train(config, cache, run_dir, resume=args.resume, progress=not args.quiet)
+    _copy_split(cache, run_dir)
+    print("[4/4] testing on held-out subjects")
+    metrics = evaluate_run(run_dir, cache, lang=args.lang, device=args.device, progress=not args.quiet)
+    print(json.dumps(metrics.get("summary", {}), indent=2))
+    print(f"demo finished in {time.perf_counter() - started:.0f} s; open {run_dir / 'report.html'}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Parser and entry point
+# --------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mri2mri", description="Translate one MRI contrast into another with conditional GANs."
+    )
+    parser.add_argument("--version", action="version", version=f"mri2mri {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="the whole experiment on the built-in simulated data")
+    demo.add_argument("--out", type=Path, default=Path("outputs"))
+    demo.add_argument("--subjects", type=int, default=10, help="number of simulated subjects")
+    _add_data_options(demo)
+    _add_train_options(demo)
+    _add_common(demo)
+    demo.set_defaults(func=cmd_demo, epochs=None)
+
+    phantom = sub.add_parser("phantom", help="write the simulated T1/T2/PD dataset as NIfTI subject folders")
+    phantom.add_argument("--out", type=Path, required=True)
+    phantom.add_argument("--subjects", type=int, default=10)
+    phantom.add_argument("--seed", type=int, default=0)
+    phantom.set_defaults(func=cmd_phantom)
+
+    prep = sub.add_parser("prepare", help="volumes or PNG pairs -> slice cache with a subject-level split")
+    prep.add_argument("data", type=Path)
+    prep.add_argument("--out", type=Path, required=True)
+    _add_data_options(prep)
+    prep.add_argument("--quiet", action="store_true")
+    prep.set_defaults(func=cmd_prepare)
+
+    tr = sub.add_parser("train", help="train on raw data or a prepared cache")
+    tr.add_argument("data", type=Path, help="a slice cache, a folder of subjects, or a PNG-pair root")
+    tr.add_argument("--out", type=Path, default=Path("outputs") / DEFAULT_RUN_NAME, help="run folder")
+    _add_data_options(tr)
+    _add_train_options(tr)
+    _add_common(tr)
+    tr.set_defaults(func=cmd_train)
+
+    te = sub.add_parser("test", help="metrics, baselines, figures and report on the run's test split")
+    te.add_argument("run", type=Path, help="run folder or checkpoint")
+    te.add_argument("data", type=Path, nargs="?", default=None,
+                    help="cache or raw data (default: the cache the run trained on)")  # fmt: skip
+    te.add_argument("--out", type=Path, default=None, help="where to write (default: the run folder)")
+    te.add_argument("--cache", type=Path, default=None)
+    te.add_argument("--device", default="auto")
+    te.add_argument("--batch-size", type=int, default=16)
+    _add_common(te)
+    te.set_defaults(func=cmd_test)
+
+    pr = sub.add_parser("predict", help="synthesise a volume (NIfTI/DICOM in, NIfTI out) or an image")
+    pr.add_argument("checkpoint", type=Path, help="checkpoint (.pth), run folder, or exported .onnx")
+    pr.add_argument("input", type=Path, help="NIfTI file, DICOM folder, PNG/TIFF, or a folder of them")
+    pr.add_argument("output", type=Path, help="output file, or folder in batch mode")
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--precision", default="fp32", help="fp32, or fp16/bf16 on a GPU")
+    pr.add_argument("--batch-size", type=int, default=16)
+    pr.add_argument("--overwrite", action="store_true")
+    pr.set_defaults(func=cmd_predict)
+
+    ex = sub.add_parser("export", help="ONNX and safetensors export, with a model card")
+    ex.add_argument("checkpoint", type=Path)
+    ex.add_argument("--onnx", type=Path, default=None)
+    ex.add_argument("--safetensors", type=Path, default=None)
+    ex.add_argument("--overwrite", action="store_true")
+    ex.set_defaults(func=cmd_export)
+
+    co = sub.add_parser("compare", help="one table and one figure across runs")
+    co.add_argument("runs", type=Path, nargs="+")
+    co.add_argument("--out", type=Path, default=Path("outputs") / "comparison")
+    co.add_argument("--lang", default="en", choices=("en", "zh"))
+    co.set_defaults(func=cmd_compare)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    warnings.simplefilter("default")
+    warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
+    try:
+        return int(args.func(args) or 0)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return int(getattr(error, "exit_code", 2))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

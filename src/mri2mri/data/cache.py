@@ -1,0 +1,246 @@
+"""The slice cache: prepared 2D slices as memory-mapped arrays plus a JSON index.
+
+Decoding a NIfTI volume costs tens of milliseconds; reading a slice of a memory-mapped array
+costs microseconds. ``mri2mri prepare`` writes every usable slice once, and training, testing
+and benchmarking read from here.
+
+Layout of a cache folder::
+
+    cache.json   format version, fingerprint of the inputs, data config, one record per subject
+    split.json   {"seed": ..., "train": [...], "val": [...], "test": [...]}  (subject ids)
+    index.csv    row, subject, split, slice_index
+    source.npy   (N, C, S, S) float32 in [0, 1]   C = 2 * context_slices + 1
+    target.npy   (N, 1, S, S) float32 in [0, 1]
+    mask.npy     (N, 1, S, S) uint8 brain mask
+
+A cache is written into a temporary sibling folder and renamed into place when complete, so a
+failure never leaves a half-written cache behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mri2mri.errors import DataError
+
+CACHE_FORMAT = 1
+SPLITS = ("train", "val", "test")
+
+
+class CacheError(DataError):
+    """A cache folder is missing, incomplete or of another format."""
+
+
+@dataclass
+class SubjectRecord:
+    """What the cache remembers of one subject (or one PNG pair).
+
+    ``norm`` holds the intensity window of each contrast (``{"source": {"low": .., "high": ..},
+    "target": {...}}``) so that outputs in [0, 1] can be mapped back to the input's scale;
+    ``geometry`` holds what is needed to put a synthesised slice stack back on the input's grid.
+    """
+
+    subject: str
+    split: str
+    source_file: str
+    target_file: str
+    rows: tuple[int, int] = (0, 0)  # [start, stop) rows of this subject in the arrays
+    slice_indices: list[int] = field(default_factory=list)
+    norm: dict[str, dict[str, float]] = field(default_factory=dict)
+    geometry: dict[str, Any] = field(default_factory=dict)
+    kind: str = "volume"  # "volume" or "image"
+
+
+@dataclass
+class SubjectSlices:
+    """The prepared slices of one subject, ready to be appended to a cache."""
+
+    record: SubjectRecord
+    source: np.ndarray  # (n, C, S, S) float32 in [0, 1]
+    target: np.ndarray  # (n, 1, S, S) float32 in [0, 1]
+    mask: np.ndarray  # (n, 1, S, S) bool or uint8
+
+
+class CacheWriter:
+    """Append subjects one at a time, then ``commit`` the cache atomically.
+
+    Each subject's slices go to a temporary chunk file first, so memory holds one subject at a
+    time however many subjects there are.
+    """
+
+    def __init__(self, out_dir: Path, *, fingerprint: str, data_config: dict[str, Any]):
+        self.out_dir = Path(out_dir)
+        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.tmp-", dir=self.out_dir.parent))
+        self._fingerprint = fingerprint
+        self._data_config = data_config
+        self._records: list[SubjectRecord] = []
+        self._chunks: list[Path] = []
+        self._rows = 0
+        self._shape: tuple[int, ...] | None = None
+
+    def add(self, item: SubjectSlices) -> None:
+        n = item.source.shape[0]
+        if not (item.target.shape[0] == item.mask.shape[0] == n):
+            raise CacheError(f"{item.record.subject}: source, target and mask differ in slice count")
+        if n == 0:
+            return
+        shape = item.source.shape[1:]
+        if self._shape is None:
+            self._shape = shape
+        elif shape != self._shape:
+            raise CacheError(f"{item.record.subject}: slices of shape {shape}, cache holds {self._shape}")
+        chunk = self._tmp / f"chunk_{len(self._chunks):05d}.npz"
+        np.savez(
+            chunk,
+            source=item.source.astype(np.float32, copy=False),
+            target=item.target.astype(np.float32, copy=False),
+            mask=item.mask.astype(np.uint8, copy=False),
+        )
+        self._chunks.append(chunk)
+        item.record.rows = (self._rows, self._rows + n)
+        self._rows += n
+        self._records.append(item.record)
+
+    def commit(self, split: dict[str, list[str]], split_seed: int) -> Path:
+        """Concatenate the chunks into memory-mapped arrays and move the cache into place."""
+        if self._shape is None:
+            self.abort()
+            raise CacheError(f"{self.out_dir}: no slices to write")
+        channels, height, width = self._shape
+        arrays = {
+            "source": np.lib.format.open_memmap(
+                self._tmp / "source.npy", "w+", np.float32, (self._rows, channels, height, width)
+            ),
+            "target": np.lib.format.open_memmap(
+                self._tmp / "target.npy", "w+", np.float32, (self._rows, 1, height, width)
+            ),
+            "mask": np.lib.format.open_memmap(
+                self._tmp / "mask.npy", "w+", np.uint8, (self._rows, 1, height, width)
+            ),
+        }
+        for record, chunk in zip(self._records, self._chunks, strict=True):
+            start, stop = record.rows
+            with np.load(chunk) as data:
+                for name, array in arrays.items():
+                    array[start:stop] = data[name]
+            chunk.unlink()
+        for array in arrays.values():
+            array.flush()
+        del arrays
+
+        with open(self._tmp / "index.csv", "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["row", "subject", "split", "slice_index"])
+            for record in self._records:
+                for offset, slice_index in enumerate(record.slice_indices):
+                    writer.writerow([record.rows[0] + offset, record.subject, record.split, slice_index])
+        meta = {
+            "format": CACHE_FORMAT,
+            "fingerprint": self._fingerprint,
+            "data_config": self._data_config,
+            "n_slices": self._rows,
+            "in_channels": channels,
+            "image_size": [height, width],
+            "subjects": [asdict(r) for r in self._records],
+        }
+        _write_json(self._tmp / "split.json", {"seed": split_seed, **{k: split.get(k, []) for k in SPLITS}})
+        _write_json(self._tmp / "cache.json", meta)  # written last: its presence marks completion
+
+        if self.out_dir.exists():
+            shutil.rmtree(self.out_dir)
+        os.replace(self._tmp, self.out_dir)
+        return self.out_dir
+
+    def abort(self) -> None:
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> CacheWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+
+
+def is_cache(path: Path) -> bool:
+    return (Path(path) / "cache.json").is_file()
+
+
+class SliceCache:
+    """Read-only view of a prepared cache; arrays are memory-mapped, never loaded whole."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        meta_file = self.path / "cache.json"
+        if not meta_file.is_file():
+            raise CacheError(f"{self.path}: not a slice cache (no cache.json); run `mri2mri prepare`")
+        try:
+            self.meta = json.loads(meta_file.read_text(encoding="utf-8"))
+            split = json.loads((self.path / "split.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise CacheError(f"{self.path}: unreadable cache index ({error})") from None
+        if self.meta.get("format") != CACHE_FORMAT:
+            raise CacheError(f"{self.path}: cache format {self.meta.get('format')}, expected {CACHE_FORMAT}")
+        self.split: dict[str, list[str]] = {k: list(split.get(k, [])) for k in SPLITS}
+        self.split_seed = split.get("seed")
+        self.subjects = [SubjectRecord(**_tuple_rows(r)) for r in self.meta["subjects"]]
+        try:
+            self.source = np.load(self.path / "source.npy", mmap_mode="r")
+            self.target = np.load(self.path / "target.npy", mmap_mode="r")
+            self.mask = np.load(self.path / "mask.npy", mmap_mode="r")
+        except (OSError, ValueError) as error:
+            raise CacheError(f"{self.path}: unreadable cache arrays ({error})") from None
+
+    @property
+    def fingerprint(self) -> str:
+        return self.meta.get("fingerprint", "")
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.meta["in_channels"])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        height, width = self.meta["image_size"]
+        return int(height), int(width)
+
+    def subjects_in(self, split: str) -> list[SubjectRecord]:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        return [r for r in self.subjects if r.split == split]
+
+    def rows(self, split: str) -> np.ndarray:
+        """Row indices of every slice whose subject belongs to ``split``."""
+        parts = [np.arange(*r.rows) for r in self.subjects_in(split)]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def record(self, subject: str) -> SubjectRecord:
+        for r in self.subjects:
+            if r.subject == subject:
+                return r
+        raise KeyError(subject)
+
+    def row_owner(self) -> np.ndarray:
+        """For each row, the position of its subject in ``self.subjects``."""
+        owner = np.empty(len(self.source), dtype=np.int64)
+        for position, r in enumerate(self.subjects):
+            owner[r.rows[0] : r.rows[1]] = position
+        return owner
+
+
+def _tuple_rows(record: dict[str, Any]) -> dict[str, Any]:
+    return {**record, "rows": tuple(record.get("rows", (0, 0)))}

@@ -1,0 +1,137 @@
+"""The paths of a run folder, and the lock that keeps two trainings out of one folder.
+
+::
+
+    outputs/<run>/
+      config.json  history.csv  run_summary.json  metrics.json  test_metrics.csv  report.html
+      checkpoints/<run>_last.pth  <run>_last_prev.pth  <run>_best.pth
+      figures/loss_curve.png  figures/validation_curves.png  figures/test_visualization_NN.png
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from mri2mri.errors import UserError
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    root: Path
+    run_name: str
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def history(self) -> Path:
+        return self.root / "history.csv"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "run_summary.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / f"{self.run_name}_last.pth"
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoints / f"{self.run_name}_best.pth"
+
+    @property
+    def figures(self) -> Path:
+        return self.root / "figures"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
+    def make(self) -> RunFolder:
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        self.figures.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+def find_checkpoint(run_dir: Path, which: str = "best") -> Path:
+    """The ``best`` (or ``last``) checkpoint of a run folder; any ``.pth`` path is returned as is."""
+    run_dir = Path(run_dir)
+    if run_dir.is_file():
+        return run_dir
+    folder = run_dir / "checkpoints"
+    for pattern in (f"*_{which}.pth", "*_best.pth", "*_last.pth"):
+        found = sorted(folder.glob(pattern))
+        if found:
+            return found[0]
+    raise UserError(f"{run_dir}: no checkpoint found (expected {folder}/<run>_best.pth or _last.pth)")
+
+
+class RunLock:
+    """A lock file holding the owner's pid; a lock whose process is gone is stale and replaced."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._held = False
+
+    def acquire(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is not None and _alive(owner):
+                    raise UserError(
+                        f"{self.path.parent}: another training (pid {owner}) is running in this "
+                        "folder; choose another --out or wait for it to finish"
+                    ) from None
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as handle:
+                handle.write(f"{os.getpid()}\n")
+            self._held = True
+            return self
+        raise UserError(f"{self.path}: could not take the run lock")
+
+    def release(self) -> None:
+        if self._held:
+            self.path.unlink(missing_ok=True)
+            self._held = False
+
+    def _owner(self) -> int | None:
+        try:
+            return int(self.path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except OSError as error:
+        return error.errno == errno.EPERM
+    return True

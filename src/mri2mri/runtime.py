@@ -1,0 +1,159 @@
+"""Device, precision and distribution, decided in one place.
+
+Everything that depends on where the code runs is resolved here once and passed around as a
+small ``Runtime`` record (nanoGPT's ``train.py`` and EDM's ``torch_utils/distributed.py`` do the
+same). The CPU path runs the same code as the GPU path: autocast and ``GradScaler`` are simply
+disabled where they do not apply.
+
+Distributed training is PyTorch's own: launched by ``torchrun``, which sets ``RANK``,
+``WORLD_SIZE`` and ``LOCAL_RANK``; NCCL on GPUs, gloo on the CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from mri2mri.errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how tensors are computed in this process."""
+
+    device: torch.device
+    precision: str = "fp32"
+    channels_last: bool = False
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone logs, writes history, figures and checkpoints."""
+        return self.rank == 0
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed-precision context; a no-op in fp32."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """Loss scaling is needed for fp16 only (bf16 has fp32's exponent range)."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+
+    def prepare_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        module = module.to(self.device)
+        if self.channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        return module
+
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        non_blocking = self.device.type == "cuda"
+        if self.channels_last and tensor.dim() == 4:
+            return tensor.to(self.device, non_blocking=non_blocking, memory_format=torch.channels_last)
+        return tensor.to(self.device, non_blocking=non_blocking)
+
+
+def resolve_device(name: str) -> torch.device:
+    """Turn ``auto|cpu|cuda|mps`` into a device, failing clearly when it is absent."""
+    if name not in DEVICES and not name.startswith("cuda:"):
+        raise ConfigError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is available")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--device mps was asked for but Apple's MPS backend is not available")
+    return torch.device(name)
+
+
+def check_precision(precision: str, device: torch.device) -> str:
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "fp16" and device.type == "cpu":
+        raise ConfigError("--precision fp16 needs a GPU; use fp32 (or bf16 on a CPU with native bf16)")
+    if precision == "bf16" and device.type == "cpu":
+        # Without native bf16 (AVX512-BF16/AMX) a CPU emulates it, many times slower than fp32.
+        warnings.warn("bf16 on this CPU is emulated and usually much slower than fp32", stacklevel=2)
+    return precision
+
+
+def setup_runtime(
+    device: str = "auto", precision: str = "fp32", channels_last: bool = False
+) -> Runtime:
+    """Resolve device and precision, and join the process group when launched by torchrun."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    resolved = resolve_device(device)
+    if world_size > 1 and resolved.type == "cuda":
+        resolved = torch.device("cuda", local_rank)
+        torch.cuda.set_device(resolved)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if resolved.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+    if resolved.type == "cuda":
+        # TF32 matmuls: same convergence for conv nets, several times faster on Ampere+.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    return Runtime(
+        device=resolved,
+        precision=check_precision(precision, resolved),
+        channels_last=channels_last,
+        rank=rank,
+        local_rank=local_rank,
+        world_size=world_size,
+    )
+
+
+def teardown(runtime: Runtime) -> None:
+    if runtime.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def maybe_compile(module: torch.nn.Module, enabled: bool) -> torch.nn.Module:
+    """``torch.compile`` when asked, falling back to eager with a message when unsupported."""
+    if not enabled:
+        return module
+    try:
+        return torch.compile(module)
+    except Exception as error:  # compile support varies by platform and Python version
+        warnings.warn(f"torch.compile is not available here ({error}); running eagerly", stacklevel=2)
+        return module
+
+
+def barrier(runtime: Runtime) -> None:
+    if runtime.distributed:
+        dist.barrier()

@@ -1,0 +1,761 @@
+"""The alternating GAN step of the report, and the loop around it.
+
+One step, in the report's order (and the pix2pix paper's algorithm):
+
+1. generator forward: ``fake = G(source)``;
+2. generator loss: adversarial loss of ``D(source, fake)`` against "real" plus
+   ``lambda_L1 * L1(fake, target)`` (plus the optional SSIM, feature-matching and perceptual
+   terms); generator update;
+3. discriminator on the real pair and on the *detached* fake:
+   ``loss_D = 0.5 * (loss(real, 1) + loss(fake, 0))``; discriminator update.
+
+The loop around it adds what long runs need: deterministic data order and random streams that
+depend only on (seed, step), so a resumed run ends with the same weights as an uninterrupted one;
+checkpoints at the end of each epoch (and every ``checkpoint_every`` steps); a stop after
+``time_budget`` seconds or on SIGINT/SIGTERM that still writes a checkpoint; skipped steps on
+non-finite losses or gradients; DistributedDataParallel under torchrun.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from mri2mri import losses
+from mri2mri.checkpoint import load_latest, previous_path, save_checkpoint
+from mri2mri.config import RunConfig, replace
+from mri2mri.data.cache import SliceCache
+from mri2mri.data.dataset import Sample, SliceDataset, to_unit_range
+from mri2mri.errors import ConfigError, UserError
+from mri2mri.models import build_discriminator, build_generator, check_image_size, count_parameters
+from mri2mri.runfolder import RunFolder, RunLock
+from mri2mri.runtime import Runtime, barrier, maybe_compile, setup_runtime, teardown
+
+HISTORY_COLUMNS = (
+    "epoch", "loss_G", "loss_D", "loss_L1", "val_L1", "val_PSNR", "val_SSIM",
+    "seconds", "images_per_s", "skipped_steps",
+)  # fmt: skip
+
+
+class TrainingStopped(UserError):
+    """Training stopped early (signal, numerical fault, write failure); a checkpoint was kept."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# --------------------------------------------------------------------------------------------
+# The networks of one run
+# --------------------------------------------------------------------------------------------
+
+
+class DiscriminatorObjective(nn.Module):
+    """D's loss on a real and a detached fake pair, as one module.
+
+    Wrapping the whole objective in one module means one forward and one backward per update,
+    which is what DistributedDataParallel expects.
+    """
+
+    def __init__(self, discriminator: nn.Module, gan_loss: str, lambda_gp: float):
+        super().__init__()
+        self.discriminator = discriminator
+        self.gan_loss = gan_loss
+        self.lambda_gp = lambda_gp
+
+    def forward(self, source: torch.Tensor, target: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        real_out = self.discriminator(source, target)
+        fake_out = self.discriminator(source, fake)
+        loss = losses.discriminator_loss(self.gan_loss, _logits(real_out), _logits(fake_out))
+        if self.gan_loss == "wgan-gp":
+            loss = loss + self.lambda_gp * losses.gradient_penalty(self.discriminator, source, target, fake)
+        return loss
+
+
+def _logits(outputs: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+    """The last map of each scale is the patch-logit map."""
+    return [scale[-1] for scale in outputs]
+
+
+def _features(outputs: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
+    return [scale[:-1] for scale in outputs]
+
+
+@dataclass
+class Networks:
+    """G and D, their optimisers and schedulers, and the distributed wrappers."""
+
+    G: nn.Module
+    D: nn.Module
+    opt_G: torch.optim.Optimizer
+    opt_D: torch.optim.Optimizer
+    sched_G: torch.optim.lr_scheduler.LRScheduler
+    sched_D: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    G_train: nn.Module  # G itself, or its DDP/compiled wrapper
+    D_objective: nn.Module  # DiscriminatorObjective, or its DDP wrapper
+    ema: AveragedModel | None = None
+    perceptual: nn.Module | None = None
+
+    def inference_generator(self) -> nn.Module:
+        """The weights used for validation and test: the EMA copy when there is one."""
+        return self.ema.module if self.ema is not None else self.G
+
+
+def build_networks(config: RunConfig, runtime: Runtime) -> Networks:
+    """Networks, optimisers and schedulers as the configuration describes them."""
+    model, train = config.model, config.train
+    G = build_generator(model)
+    D = build_discriminator(model)
+    if runtime.distributed and model.norm == "batch":
+        G = nn.SyncBatchNorm.convert_sync_batchnorm(G)
+        D = nn.SyncBatchNorm.convert_sync_batchnorm(D)
+    G, D = runtime.prepare_module(G), runtime.prepare_module(D)
+    betas = (train.beta1, train.beta2)
+    opt_G = torch.optim.Adam(G.parameters(), lr=train.lr, betas=betas)
+    opt_D = torch.optim.Adam(D.parameters(), lr=train.lr, betas=betas)
+    decay = _linear_decay(train.epochs, train.lr_decay_epochs)
+    objective: nn.Module = DiscriminatorObjective(D, train.gan_loss, train.lambda_gp)
+    G_train: nn.Module = G
+    if runtime.distributed:
+        device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+        G_train = DistributedDataParallel(G, device_ids=device_ids)
+        objective = DistributedDataParallel(objective, device_ids=device_ids)
+    ema = None
+    if train.ema_decay > 0:
+        ema = AveragedModel(G, multi_avg_fn=get_ema_multi_avg_fn(train.ema_decay), use_buffers=True)
+    perceptual = None
+    if train.lambda_perceptual > 0:
+        perceptual = runtime.prepare_module(losses.PerceptualLoss(train.perceptual_weights)).eval()
+    return Networks(
+        G=G,
+        D=D,
+        opt_G=opt_G,
+        opt_D=opt_D,
+        sched_G=torch.optim.lr_scheduler.LambdaLR(opt_G, decay),
+        sched_D=torch.optim.lr_scheduler.LambdaLR(opt_D, decay),
+        scaler=runtime.grad_scaler(),
+        G_train=maybe_compile(G_train, train.compile),
+        D_objective=objective,
+        ema=ema,
+        perceptual=perceptual,
+    )
+
+
+def _linear_decay(epochs: int, decay_epochs: int):
+    """pix2pix's schedule: constant, then linearly to zero over the last ``decay_epochs``."""
+    start = max(epochs - decay_epochs, 0)
+
+    def factor(epoch: int) -> float:
+        if decay_epochs <= 0 or epoch < start:
+            return 1.0
+        return max(0.0, 1.0 - (epoch - start + 1) / (decay_epochs + 1))
+
+    return factor
+
+
+# --------------------------------------------------------------------------------------------
+# One step
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StepResult:
+    loss_G: float
+    loss_D: float
+    loss_L1: float
+    skipped: bool = False
+
+
+def gan_step(
+    nets: Networks, source: torch.Tensor, target: torch.Tensor, config: RunConfig, runtime: Runtime
+) -> StepResult:
+    """One generator update then ``d_steps`` discriminator updates on the same batch."""
+    train = config.train
+    # 1-2. Generator: forward, adversarial + lambda * L1 (+ extras), update. D's parameters
+    # are frozen so that the generator's backward does not compute gradients for them.
+    nets.D.requires_grad_(False)
+    with runtime.autocast():
+        fake = nets.G_train(source)
+        fake_out = nets.D(source, fake)
+        loss_adv = losses.generator_adversarial_loss(train.gan_loss, _logits(fake_out))
+        loss_l1 = F.l1_loss(fake.float(), target.float())
+        loss_G = loss_adv + train.lambda_l1 * loss_l1
+        if train.lambda_ssim > 0:
+            loss_G = loss_G + train.lambda_ssim * losses.ssim_loss(fake.float(), target.float())
+        if train.lambda_feature_matching > 0:
+            with torch.no_grad():
+                real_features = _features(nets.D(source, target))
+            loss_G = loss_G + train.lambda_feature_matching * losses.feature_matching_loss(
+                real_features, _features(fake_out)
+            )
+        if nets.perceptual is not None:
+            loss_G = loss_G + train.lambda_perceptual * nets.perceptual(fake.float(), target.float())
+    nets.D.requires_grad_(True)
+    g_ok = _update(nets.opt_G, loss_G, nets.G, nets.scaler, train.grad_clip)
+
+    # 3. Discriminator on the real pair and the detached fake: 0.5 * (real + fake).
+    fake = fake.detach()
+    d_ok = True
+    loss_D = torch.zeros((), device=source.device)
+    for _ in range(train.d_steps):
+        with runtime.autocast():
+            loss_D = nets.D_objective(source, target, fake)
+        d_ok = _update(nets.opt_D, loss_D, nets.D, nets.scaler, train.grad_clip) and d_ok
+    if g_ok and nets.ema is not None:
+        nets.ema.update_parameters(nets.G)
+    return StepResult(
+        loss_G=float(loss_G.detach()),
+        loss_D=float(loss_D.detach()),
+        loss_L1=float(loss_l1.detach()),
+        skipped=not (g_ok and d_ok),
+    )
+
+
+def _update(
+    optimizer: torch.optim.Optimizer,
+    loss: torch.Tensor,
+    module: nn.Module,
+    scaler: torch.amp.GradScaler,
+    grad_clip: float,
+) -> bool:
+    """Backward and step, unless the loss or the gradient is not finite (then skip the step)."""
+    optimizer.zero_grad(set_to_none=True)
+    if not torch.isfinite(loss.detach()):
+        return False
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    max_norm = grad_clip if grad_clip > 0 else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
+    if not torch.isfinite(grad_norm) and not scaler.is_enabled():
+        optimizer.zero_grad(set_to_none=True)
+        return False
+    scaler.step(optimizer)  # with fp16 loss scaling, the scaler itself skips inf/NaN steps
+    scaler.update()
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# Data order that depends only on (seed, epoch, step)
+# --------------------------------------------------------------------------------------------
+
+
+def epoch_batches(
+    n_samples: int, batch_size: int, seed: int, epoch: int, start_step: int = 0,
+    rank: int = 0, world_size: int = 1,
+) -> list[list[int]]:  # fmt: skip
+    """This rank's batches of one epoch, from global step ``start_step`` on.
+
+    The permutation depends only on (seed, epoch); each global batch is shared out across
+    ranks by striding, so N processes see together exactly what one process sees, and a run
+    resumed with another number of processes continues the same sequence of global batches.
+    """
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n_samples, generator=generator).tolist()
+    steps = n_samples // batch_size
+    offset = epoch * n_samples  # encodes the epoch in the index, for per-sample random seeds
+    return [
+        [offset + i for i in order[step * batch_size : (step + 1) * batch_size][rank::world_size]]
+        for step in range(start_step, steps)
+    ]
+
+
+class EpochIndexed(Dataset[Sample]):
+    """Serves ``epoch * n + i`` as sample ``i``, seeding its augmentation from (seed, epoch, i).
+
+    Augmentation then depends on which sample and which epoch, never on which worker process
+    or how far a previous run got, which keeps resumed and distributed runs exact.
+    """
+
+    def __init__(self, dataset: SliceDataset, seed: int):
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Sample:
+        if self.dataset.transform is None:
+            return self.dataset[index % len(self.dataset)]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 7_368_787 + index) % 2**63)
+            return self.dataset[index % len(self.dataset)]
+
+
+def _step_seed(seed: int, global_step: int, rank: int) -> int:
+    return ((seed * 1_000_003 + global_step) * 1024 + rank) % 2**63
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint."""
+
+    epoch: int = 0  # the epoch in progress (0-based)
+    step_in_epoch: int = 0  # global steps of this epoch already done
+    global_step: int = 0
+    train_seconds: float = 0.0
+    images_seen: int = 0
+    best_val_l1: float = math.inf
+    skipped_steps: int = 0
+    sums: dict[str, float] = field(default_factory=lambda: {"loss_G": 0.0, "loss_D": 0.0, "loss_L1": 0.0, "n": 0.0})
+
+    def state(self) -> dict[str, Any]:
+        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs_done: int
+    global_step: int
+    train_seconds: float
+    stopped_by_budget: bool
+    history: list[dict[str, Any]]
+
+
+class _StopFlag:
+    """Set by SIGINT/SIGTERM; the loop stops at the end of the current step."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal_name is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def train(
+    config: RunConfig,
+    cache_dir: Path,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    checkpoint_every: int = 0,
+) -> TrainResult:
+    """Train a generator/discriminator pair on the cache's train split; see the module doc."""
+    runtime = setup_runtime(config.train.device, config.train.precision, config.train.channels_last)
+    try:
+        return _train(config, Path(cache_dir), Path(run_dir), runtime, resume, progress, checkpoint_every)
+    finally:
+        teardown(runtime)
+
+
+def _train(
+    config: RunConfig, cache_dir: Path, run_dir: Path, runtime: Runtime,
+    resume: bool, show_progress: bool, checkpoint_every: int,
+) -> TrainResult:  # fmt: skip
+    cache = SliceCache(cache_dir)
+    config = _reconcile(config, cache)
+    check_image_size(config.model, cache.image_size[0])
+    train_set = SliceDataset(cache, "train", transform=_augmentation(config))
+    val_set = SliceDataset(cache, "val")
+    if len(train_set) == 0:
+        raise UserError(f"{cache_dir}: the train split has no slices")
+    batch_size = _effective_batch(config.train.batch_size, len(train_set), runtime.world_size)
+
+    folder = RunFolder(run_dir, config.train.run_name)
+    lock = RunLock(folder.lock)
+    if runtime.is_main:
+        folder.make()
+        lock.acquire()
+    try:
+        nets = build_networks(config, runtime)
+        state = Progress()
+        if resume:
+            state = _restore(folder, nets, config, runtime)
+        elif runtime.is_main and folder.last.exists():
+            raise UserError(f"{folder.last} exists: pass --resume to continue that run, or choose another --out")
+        if runtime.is_main:
+            config.save(folder.config)
+            if not resume:
+                _start_history(folder.history)
+        barrier(runtime)
+        return _loop(config, cache, train_set, val_set, batch_size, folder, nets, state, runtime,
+                     show_progress, checkpoint_every)  # fmt: skip
+    finally:
+        lock.release()
+
+
+def _reconcile(config: RunConfig, cache: SliceCache) -> RunConfig:
+    """The cache decides channel count and image size; the model follows it."""
+    size = cache.image_size[0]
+    model = replace(config.model, in_channels=cache.in_channels)
+    data = replace(config.data, image_size=size, context_slices=(cache.in_channels - 1) // 2)
+    return replace(config, model=model, data=data)
+
+
+def _augmentation(config: RunConfig):
+    if not config.data.augment:
+        return None
+    from mri2mri.data.augment import build_augmentation
+
+    return build_augmentation(config.data)
+
+
+def _effective_batch(batch_size: int, n_samples: int, world_size: int) -> int:
+    if batch_size % world_size:
+        raise ConfigError(f"--batch-size {batch_size} is not divisible by the {world_size} processes")
+    if n_samples >= batch_size:
+        return batch_size
+    # Fewer slices than one batch: use them all, rounded down to a multiple of the processes.
+    return max(world_size, n_samples - n_samples % world_size)
+
+
+def _loop(
+    config: RunConfig, cache: SliceCache, train_set: SliceDataset, val_set: SliceDataset,
+    batch_size: int, folder: RunFolder, nets: Networks, state: Progress, runtime: Runtime,
+    show_progress: bool, checkpoint_every: int,
+) -> TrainResult:  # fmt: skip
+    train = config.train
+    indexed = EpochIndexed(train_set, train.seed)
+    steps_per_epoch = len(train_set) // batch_size
+    if train.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, train.max_steps_per_epoch)
+    history: list[dict[str, Any]] = []
+    bad_in_a_row = 0
+    with _StopFlag() as stop:
+        while state.epoch < train.epochs:
+            batches = epoch_batches(len(train_set), batch_size, train.seed, state.epoch,
+                                    state.step_in_epoch, runtime.rank, runtime.world_size)[
+                : max(steps_per_epoch - state.step_in_epoch, 0)
+            ]  # fmt: skip
+            loader = _loader(indexed, batches, train.num_workers, runtime)
+            bar = tqdm(
+                total=steps_per_epoch, initial=state.step_in_epoch, unit="step", dynamic_ncols=True,
+                desc=f"epoch {state.epoch + 1}/{train.epochs}", disable=not (show_progress and runtime.is_main),
+            )  # fmt: skip
+            nets.G.train()
+            nets.D.train()
+            epoch_start = time.perf_counter()
+            epoch_images = 0
+            over_budget = interrupted = False
+            for batch in loader:
+                step_start = time.perf_counter()
+                torch.manual_seed(_step_seed(train.seed, state.global_step, runtime.rank))
+                source = runtime.to_device(batch.source)
+                target = runtime.to_device(batch.target)
+                result = gan_step(nets, source, target, config, runtime)
+                images = source.shape[0] * runtime.world_size
+                _account(state, result, images, time.perf_counter() - step_start)
+                epoch_images += images
+                bad_in_a_row = bad_in_a_row + 1 if result.skipped else 0
+                bar.update(1)
+                bar.set_postfix(
+                    loss_G=f"{result.loss_G:.3f}", loss_D=f"{result.loss_D:.3f}",
+                    img_s=f"{epoch_images / max(time.perf_counter() - epoch_start, 1e-9):.1f}",
+                )  # fmt: skip
+                if bad_in_a_row >= train.max_bad_steps:
+                    bar.close()
+                    raise TrainingStopped(
+                        f"training stopped: {bad_in_a_row} steps in a row had a non-finite loss or "
+                        f"gradient (learning rate {train.lr:g} too high?); the last good checkpoint "
+                        f"is {folder.last}"
+                    )
+                if checkpoint_every and state.global_step % checkpoint_every == 0:
+                    _save(folder.last, nets, config, state, runtime)
+                over_budget = _agreed(
+                    train.time_budget is not None and state.train_seconds >= train.time_budget, runtime
+                )
+                interrupted = _agreed(stop.signal_name is not None, runtime)
+                if over_budget or interrupted:
+                    break
+            bar.close()
+            if interrupted:
+                _save(folder.last, nets, config, state, runtime)
+                _finish(folder, nets, config, state, runtime, steps_per_epoch)
+                raise TrainingStopped(
+                    f"training interrupted by {stop.signal_name or 'a signal'} at epoch "
+                    f"{state.epoch + 1}, step {state.global_step}; checkpoint written to "
+                    f"{folder.last}. Resume with the same command and --resume",
+                    exit_code=130,
+                )
+            # A partial epoch (time budget) gets its row too; on resume, the row of the
+            # completed epoch replaces it.
+            row = _epoch_row(config, val_set, nets, state, runtime, epoch_start, epoch_images)
+            history.append(row)
+            if state.step_in_epoch >= steps_per_epoch:
+                _advance_epoch(nets, state)
+            _record(folder, row, nets, config, state, runtime)
+            _save(folder.last, nets, config, state, runtime)
+            if over_budget:
+                _finish(folder, nets, config, state, runtime, steps_per_epoch)
+                return TrainResult(folder.root, state.epoch, state.global_step, state.train_seconds,
+                                   True, history)  # fmt: skip
+    _finish(folder, nets, config, state, runtime, steps_per_epoch)
+    return TrainResult(folder.root, state.epoch, state.global_step, state.train_seconds, False, history)
+
+
+def _record(folder: RunFolder, row: dict[str, Any], nets: Networks, config: RunConfig,
+            state: Progress, runtime: Runtime) -> None:  # fmt: skip
+    """Append the history row; keep the best checkpoint by validation L1 (the last without one)."""
+    if not runtime.is_main:
+        return
+    _append_history(folder.history, row)
+    if row["val_L1"] == "" or row["val_L1"] < state.best_val_l1:
+        if row["val_L1"] != "":
+            state.best_val_l1 = row["val_L1"]
+        _save(folder.best, nets, config, state, runtime, keep_previous=False)
+
+
+def _agreed(flag: bool, runtime: Runtime) -> bool:
+    """Every rank stops at the same step when any rank was signalled."""
+    if not runtime.distributed:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=runtime.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
+def _loader(dataset: Dataset, batches: list[list[int]], workers: int, runtime: Runtime) -> DataLoader:
+    on_gpu = runtime.device.type == "cuda"
+    return DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=workers,
+        pin_memory=on_gpu,
+        persistent_workers=False,  # one loader per epoch: its batch list is the epoch's order
+        prefetch_factor=4 if workers > 0 else None,
+    )
+
+
+def _account(state: Progress, result: StepResult, images: int, seconds: float) -> None:
+    state.global_step += 1
+    state.step_in_epoch += 1
+    state.train_seconds += seconds
+    state.images_seen += images
+    if result.skipped:
+        state.skipped_steps += 1
+        return
+    for key in ("loss_G", "loss_D", "loss_L1"):
+        state.sums[key] += getattr(result, key)
+    state.sums["n"] += 1
+
+
+def _epoch_row(
+    config: RunConfig, val_set: SliceDataset, nets: Networks, state: Progress, runtime: Runtime,
+    epoch_start: float, epoch_images: int,
+) -> dict[str, Any]:  # fmt: skip
+    """Averages of the epoch's losses (over all ranks) and, on rank 0, validation metrics."""
+    sums = dict(state.sums)
+    if runtime.distributed:
+        packed = torch.tensor([sums["loss_G"], sums["loss_D"], sums["loss_L1"], sums["n"]],
+                              device=runtime.device, dtype=torch.float64)  # fmt: skip
+        dist.all_reduce(packed)
+        sums = dict(zip(("loss_G", "loss_D", "loss_L1", "n"), packed.tolist(), strict=True))
+    n = max(sums["n"], 1.0)
+    seconds = time.perf_counter() - epoch_start
+    row: dict[str, Any] = {
+        "epoch": state.epoch + 1,
+        "loss_G": sums["loss_G"] / n,
+        "loss_D": sums["loss_D"] / n,
+        "loss_L1": sums["loss_L1"] / n,
+        "val_L1": "", "val_PSNR": "", "val_SSIM": "",
+        "seconds": round(seconds, 3),
+        "images_per_s": round(epoch_images / max(seconds, 1e-9), 2),
+        "skipped_steps": state.skipped_steps,
+    }  # fmt: skip
+    if runtime.is_main and len(val_set):
+        row.update(validate(nets.inference_generator(), val_set, runtime, config.train.batch_size))
+    return row
+
+
+def _advance_epoch(nets: Networks, state: Progress) -> None:
+    nets.sched_G.step()
+    nets.sched_D.step()
+    state.epoch += 1
+    state.step_in_epoch = 0
+    state.sums = {"loss_G": 0.0, "loss_D": 0.0, "loss_L1": 0.0, "n": 0.0}
+
+
+@torch.no_grad()
+def validate(G: nn.Module, dataset: SliceDataset, runtime: Runtime, batch_size: int) -> dict[str, float]:
+    """L1 in the model's [-1, 1] range (comparable with loss_L1), PSNR and SSIM in the brain."""
+    from mri2mri import metrics
+
+    was_training = G.training
+    G.eval()
+    totals = {"val_L1": 0.0, "val_PSNR": 0.0, "val_SSIM": 0.0}
+    count = 0
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    for batch in loader:
+        source = runtime.to_device(batch.source)
+        target = batch.target.to(runtime.device)
+        mask = batch.mask.to(runtime.device)
+        with runtime.autocast():
+            fake = G(source)
+        fake = fake.float().contiguous()
+        totals["val_L1"] += float((fake - target).abs().mean(dim=(1, 2, 3)).sum())
+        pred01, target01 = to_unit_range(fake).clamp(0, 1) * mask, to_unit_range(target)
+        totals["val_PSNR"] += float(metrics.psnr(pred01, target01, mask).sum())
+        totals["val_SSIM"] += float(metrics.ssim(pred01, target01, mask).sum())
+        count += source.shape[0]
+    G.train(was_training)
+    return {k: v / max(count, 1) for k, v in totals.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints, history, summary
+# --------------------------------------------------------------------------------------------
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    return getattr(module, "_orig_mod", module)
+
+
+def _save(path: Path, nets: Networks, config: RunConfig, state: Progress, runtime: Runtime,
+          keep_previous: bool = True) -> None:  # fmt: skip
+    if not runtime.is_main:
+        return
+    payload: dict[str, Any] = {
+        "format": 1,
+        "G": _unwrap(nets.G).state_dict(),
+        "D": _unwrap(nets.D).state_dict(),
+        "opt_G": nets.opt_G.state_dict(),
+        "opt_D": nets.opt_D.state_dict(),
+        "sched_G": nets.sched_G.state_dict(),
+        "sched_D": nets.sched_D.state_dict(),
+        "scaler": nets.scaler.state_dict(),
+        "epoch": state.epoch,
+        "progress": state.state(),
+        "config": config.to_dict(),
+    }
+    if nets.ema is not None:
+        payload["ema"] = nets.ema.module.state_dict()
+    try:
+        save_checkpoint(path, payload, keep_previous=keep_previous)
+    except OSError as error:
+        raise TrainingStopped(
+            f"{path}: could not write the checkpoint ({error.strerror or error}); training stopped, "
+            "the previous checkpoint is intact"
+        ) from None
+
+
+def _restore(folder: RunFolder, nets: Networks, config: RunConfig, runtime: Runtime) -> Progress:
+    if not folder.last.exists() and not previous_path(folder.last).exists():
+        raise UserError(f"{folder.last}: nothing to resume (no checkpoint in {folder.checkpoints})")
+    payload, used = load_latest(folder.last, map_location=runtime.device)
+    saved = RunConfig.from_dict(payload["config"])
+    if (saved.model, saved.data.image_size) != (config.model, config.data.image_size):
+        raise UserError(f"{used}: the checkpoint's model or image size differs from this run's configuration")
+    nets.G.load_state_dict(payload["G"])
+    nets.D.load_state_dict(payload["D"])
+    nets.opt_G.load_state_dict(payload["opt_G"])
+    nets.opt_D.load_state_dict(payload["opt_D"])
+    nets.sched_G.load_state_dict(payload["sched_G"])
+    nets.sched_D.load_state_dict(payload["sched_D"])
+    nets.scaler.load_state_dict(payload["scaler"])
+    if nets.ema is not None and "ema" in payload:
+        nets.ema.module.load_state_dict(payload["ema"])
+    state = Progress(**payload["progress"])
+    if runtime.is_main:
+        _truncate_history(folder.history, state.epoch)
+    return state
+
+
+def _start_history(path: Path) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerow(HISTORY_COLUMNS)
+
+
+def _append_history(path: Path, row: dict[str, Any]) -> None:
+    with open(path, "a", newline="", encoding="utf-8") as handle:
+        csv.DictWriter(handle, fieldnames=HISTORY_COLUMNS).writerow(
+            {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+        )
+
+
+def _truncate_history(path: Path, epochs_done: int) -> None:
+    """Drop rows of epochs after the checkpoint, so a resumed run's history has no duplicates."""
+    if not path.exists():
+        _start_history(path)
+        return
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = [r for r in csv.DictReader(handle) if r.get("epoch") and int(r["epoch"]) <= epochs_done]
+    _start_history(path)
+    with open(path, "a", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+        writer.writerows(rows)
+
+
+def read_history(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _finish(folder: RunFolder, nets: Networks, config: RunConfig, state: Progress, runtime: Runtime,
+            steps_per_epoch: int) -> None:  # fmt: skip
+    """Run summary and loss-curve figure (rank 0)."""
+    if not runtime.is_main:
+        return
+    summary = {
+        "parameters_G": count_parameters(_unwrap(nets.G)),
+        "parameters_D": count_parameters(_unwrap(nets.D)),
+        "train_seconds": round(state.train_seconds, 2),
+        "images_per_s": round(state.images_seen / max(state.train_seconds, 1e-9), 2),
+        "epochs": state.epoch,
+        "steps": state.global_step,
+        "steps_per_epoch": steps_per_epoch,
+        "skipped_steps": state.skipped_steps,
+        "device": _device_name(runtime),
+        "world_size": runtime.world_size,
+        "precision": runtime.precision,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    folder.summary.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    from mri2mri import figures
+
+    try:
+        figures.plot_loss_curve(folder.history, folder.figures / "loss_curve.png", lang=config.train.lang)
+        if any(r.get("val_L1") for r in read_history(folder.history)):
+            figures.plot_validation_curves(
+                folder.history, folder.figures / "validation_curves.png", lang=config.train.lang
+            )
+    except OSError as error:
+        raise TrainingStopped(f"{folder.figures}: could not write a figure ({error}); checkpoints are intact") from None
+
+
+def _device_name(runtime: Runtime) -> str:
+    if runtime.device.type == "cuda":
+        return torch.cuda.get_device_name(runtime.device)
+    return runtime.device.type
+
+
+def batches_of(dataset: SliceDataset, batch_size: int) -> Iterator[Sample]:
+    """Iterate a split in order (evaluation helpers use this)."""
+    yield from DataLoader(dataset, batch_size=batch_size, shuffle=False)
