@@ -1,0 +1,155 @@
+"""The GAN step and the loop: real steps on tiny data, exact resume, stops that keep checkpoints."""
+
+from __future__ import annotations
+
+import copy
+import errno
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from mri2mri import checkpoint as checkpoint_module
+from mri2mri.checkpoint import load_checkpoint
+from mri2mri.config import replace
+from mri2mri.errors import UserError
+from mri2mri.runfolder import RunLock
+from mri2mri.runtime import Runtime
+from mri2mri.training import (
+    TrainingStopped,
+    build_networks,
+    epoch_batches,
+    gan_step,
+    read_history,
+    train,
+)
+
+
+def _batch(size: int = 32, n: int = 4):
+    torch.manual_seed(0)
+    source = torch.rand(n, 1, size, size) * 2 - 1
+    return source, -source.clone()
+
+
+def test_one_step_updates_both_networks_and_overfitting_lowers_l1():
+    config = tiny_config()
+    runtime = Runtime(device=torch.device("cpu"))
+    nets = build_networks(config, runtime)
+    g_before = copy.deepcopy(nets.G.state_dict())
+    d_before = copy.deepcopy(nets.D.state_dict())
+    source, target = _batch()
+    first = gan_step(nets, source, target, config, runtime)
+    assert not first.skipped
+    assert any(not torch.equal(g_before[k], v) for k, v in nets.G.state_dict().items())
+    assert any(not torch.equal(d_before[k], v) for k, v in nets.D.state_dict().items())
+    for _ in range(40):
+        last = gan_step(nets, source, target, config, runtime)
+    assert last.loss_L1 < 0.7 * first.loss_L1
+
+
+def test_loss_d_is_half_the_sum_of_real_and_fake_terms():
+    from mri2mri.losses import discriminator_loss
+
+    real, fake = [torch.full((2, 1, 3, 3), 2.0)], [torch.full((2, 1, 3, 3), -1.0)]
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    expected = 0.5 * (bce(real[0], torch.ones_like(real[0])) + bce(fake[0], torch.zeros_like(fake[0])))
+    assert torch.allclose(discriminator_loss("bce", real, fake), expected)
+
+
+def test_epoch_batches_shard_one_global_batch_across_ranks():
+    single = epoch_batches(20, 4, seed=1, epoch=2)
+    ranks = [epoch_batches(20, 4, seed=1, epoch=2, rank=r, world_size=2) for r in range(2)]
+    for step, batch in enumerate(single):
+        assert sorted(batch) == sorted(ranks[0][step] + ranks[1][step])
+    assert epoch_batches(20, 4, seed=1, epoch=2, start_step=3) == single[3:]
+    assert epoch_batches(20, 4, seed=1, epoch=3) != single
+
+
+def test_training_writes_the_run_folder(tiny_cache, tmp_path):
+    run = tmp_path / "run"
+    result = train(tiny_config(), tiny_cache, run, progress=False)
+    assert result.epochs_done == 2
+    history = read_history(run / "history.csv")
+    assert [int(r["epoch"]) for r in history] == [1, 2]
+    assert {"loss_G", "loss_D", "loss_L1", "val_L1", "val_PSNR", "val_SSIM"} <= set(history[0])
+    assert float(history[0]["val_PSNR"]) > 0
+    for name in ("config.json", "run_summary.json", "figures/loss_curve.png",
+                 "checkpoints/gan_t1_to_t2_last.pth", "checkpoints/gan_t1_to_t2_best.pth"):  # fmt: skip
+        assert (run / name).is_file(), name
+    payload = load_checkpoint(run / "checkpoints" / "gan_t1_to_t2_last.pth")
+    assert {"G", "D", "opt_G", "opt_D", "epoch", "config"} <= set(payload)
+    assert payload["epoch"] == 2
+    assert not (run / ".lock").exists()
+
+
+def _weights(run):
+    return load_checkpoint(run / "checkpoints" / "gan_t1_to_t2_last.pth")["G"]
+
+
+def test_resume_at_an_epoch_boundary_equals_an_uninterrupted_run(tiny_cache, tmp_path):
+    config = tiny_config(epochs=3)
+    train(config, tiny_cache, tmp_path / "straight", progress=False)
+    train(replace(config, train=replace(config.train, epochs=1)), tiny_cache, tmp_path / "split", progress=False)
+    train(config, tiny_cache, tmp_path / "split", resume=True, progress=False)
+    straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+    assert [r["epoch"] for r in read_history(tmp_path / "split" / "history.csv")] == ["1", "2", "3"]
+
+
+def test_time_budget_stops_mid_epoch_and_resume_is_exact(tiny_cache, tmp_path):
+    config = tiny_config(epochs=2)
+    train(config, tiny_cache, tmp_path / "straight", progress=False)
+    budget = replace(config, train=replace(config.train, time_budget=1e-9))
+    result = train(budget, tiny_cache, tmp_path / "split", progress=False)
+    assert result.stopped_by_budget and result.global_step == 1
+    train(config, tiny_cache, tmp_path / "split", resume=True, progress=False)
+    straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+
+
+def test_training_into_an_existing_run_without_resume_is_refused(tiny_cache, tmp_path):
+    train(tiny_config(epochs=1), tiny_cache, tmp_path / "run", progress=False)
+    with pytest.raises(UserError, match="--resume"):
+        train(tiny_config(epochs=1), tiny_cache, tmp_path / "run", progress=False)
+
+
+def test_a_second_training_in_a_locked_folder_is_refused(tiny_cache, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").write_text("1\n")  # pid 1 is alive in any container or machine
+    with pytest.raises(UserError, match="another training"):
+        train(tiny_config(epochs=1), tiny_cache, run, progress=False)
+    (run / ".lock").write_text("999999999\n")  # no such process: a stale lock is replaced
+    train(tiny_config(epochs=1), tiny_cache, run, progress=False)
+
+
+def test_run_lock_is_exclusive(tmp_path):
+    with RunLock(tmp_path / ".lock"):
+        assert (tmp_path / ".lock").read_text().strip().isdigit()
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_absurd_learning_rate_stops_with_a_clear_message(tiny_cache, tmp_path):
+    config = tiny_config(epochs=5, lr=1e30, max_bad_steps=2)
+    with pytest.raises(TrainingStopped, match="non-finite"):
+        train(config, tiny_cache, tmp_path / "run", progress=False)
+
+
+def test_disk_full_while_checkpointing_keeps_the_last_good_checkpoint(tiny_cache, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    train(tiny_config(epochs=1), tiny_cache, run, progress=False)
+    good = _weights(run)
+    real_write = checkpoint_module.atomic_write_bytes
+
+    def full_disk(path, data):
+        real_write(path.with_name(".partial"), data[: len(data) // 2])  # as far as it got
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_module, "atomic_write_bytes", full_disk)
+    with pytest.raises(TrainingStopped, match="No space left"):
+        train(tiny_config(epochs=3), tiny_cache, run, resume=True, progress=False)
+    monkeypatch.undo()
+    kept = _weights(run)
+    assert all(torch.equal(good[k], kept[k]) for k in good)
