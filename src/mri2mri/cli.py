@@ -163,6 +163,9 @@ def _validate_choices(config: RunConfig) -> None:
             f"unknown --gan-loss {config.train.gan_loss!r}; choose one of {', '.join(losses.GAN_LOSSES)}"
         )
     check_precision(config.train.precision, resolve_device(config.train.device))
+    if config.train.gan_loss == "wgan-gp" and config.model.norm == "batch":
+        # The gradient penalty assumes each sample's critic value depends on that sample alone.
+        raise ConfigError("--gan-loss wgan-gp needs --norm instance or none (batch norm mixes samples)")
 
 
 # --------------------------------------------------------------------------------------------
