@@ -46,7 +46,14 @@ from mri2mri.data.dataset import Sample, SliceDataset, to_unit_range
 from mri2mri.errors import ConfigError, UserError
 from mri2mri.models import build_discriminator, build_generator, check_image_size, count_parameters
 from mri2mri.runfolder import RunFolder, RunLock
-from mri2mri.runtime import Runtime, barrier, maybe_compile, seed_everything, setup_runtime, teardown
+from mri2mri.runtime import (
+    Runtime,
+    barrier,
+    maybe_compile,
+    seed_everything,
+    setup_runtime,
+    teardown,
+)
 
 HISTORY_COLUMNS = (
     "epoch", "loss_G", "loss_D", "loss_L1", "val_L1", "val_PSNR", "val_SSIM",

@@ -244,3 +244,48 @@ class SliceCache:
 
 def _tuple_rows(record: dict[str, Any]) -> dict[str, Any]:
     return {**record, "rows": tuple(record.get("rows", (0, 0)))}
+
+
+def resplit(cache_dir: Path, assignment: dict[str, str], out_dir: Path) -> Path:
+    """A new cache with the same slices and another subject-level split.
+
+    ``assignment`` maps subject id -> "train" | "val" | "test"; subjects left out are dropped
+    from every split. The arrays are hard-linked (copied where links are impossible), so a
+    cross-validation fold costs no disk space. Used to rotate the held-out patient.
+    """
+    cache = SliceCache(cache_dir)
+    known = {r.subject for r in cache.subjects}
+    unknown = sorted(set(assignment) - known)
+    if unknown:
+        raise CacheError(f"{cache_dir}: no subject {', '.join(unknown)} in this cache")
+    bad = sorted({s for s in assignment.values() if s not in SPLITS})
+    if bad:
+        raise CacheError(f"unknown split {', '.join(bad)}; choose from {', '.join(SPLITS)}")
+    out_dir = Path(out_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        for name in ("source.npy", "target.npy", "mask.npy"):
+            try:
+                os.link(cache.path / name, tmp / name)
+            except OSError:
+                shutil.copy2(cache.path / name, tmp / name)
+        meta = dict(cache.meta)
+        meta["subjects"] = [
+            {**record, "split": assignment.get(record["subject"], "excluded")} for record in cache.meta["subjects"]
+        ]
+        with open(tmp / "index.csv", "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["row", "subject", "split", "slice_index"])
+            for record in meta["subjects"]:
+                for offset, slice_index in enumerate(record["slice_indices"]):
+                    writer.writerow([record["rows"][0] + offset, record["subject"], record["split"], slice_index])
+        split = {k: sorted(s for s, v in assignment.items() if v == k) for k in SPLITS}
+        _write_json(tmp / "split.json", {"seed": None, **split})
+        _write_json(tmp / "cache.json", meta)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir

@@ -1,0 +1,275 @@
+"""Image-quality metrics: PSNR, SSIM, MAE and NMSE, over the whole image or the brain mask.
+
+Every function takes torch tensors of images scaled to [0, 1], shaped (B, C, H, W) (C is 1 for
+the contrasts this project translates), and returns one value per image, shape (B,), on the
+inputs' device, so the same code scores validation batches on a GPU and test slices on a CPU.
+An optional ``mask`` of the same shape (any dtype; non-zero means brain) restricts a metric to the
+brain voxels; an image whose mask is empty scores NaN.
+
+SSIM reproduces ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
+use_sample_covariance=False, data_range=1.0, full=True)`` exactly (Wang et al. 2004): an 11-tap
+Gaussian window (sigma 1.5, truncated at 3.5 sigma), K1 = 0.01, K2 = 0.03, and a same-size map
+whose borders come from half-sample symmetric padding (``scipy.ndimage`` mode "reflect").
+Whole-image SSIM is the mean of that map with a 5-pixel border cropped, as scikit-image does;
+masked SSIM is the mean of the map over the mask.
+
+The evaluation protocol for skull-stripped data lives in :func:`image_metrics`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+from scipy import ndimage
+
+from mri2mri.data.dataset import to_unit_range
+
+SSIM_SIGMA = 1.5
+SSIM_TRUNCATE = 3.5  # scikit-image's choice: gives the 11-tap window of Wang et al.
+SSIM_RADIUS = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)  # 5, as scipy.ndimage rounds it
+SSIM_WINDOW = 2 * SSIM_RADIUS + 1  # 11
+SSIM_K1 = 0.01
+SSIM_K2 = 0.03
+
+# The names of the eight values image_metrics returns, in table order.
+METRIC_NAMES = ("psnr", "ssim", "mae", "nmse", "psnr_mask", "ssim_mask", "mae_mask", "nmse_mask")
+
+
+def _check_pair(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> None:
+    if pred.dim() != 4:
+        raise ValueError(f"expected images shaped (B, C, H, W), got {tuple(pred.shape)}")
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+    if mask is not None and mask.shape != pred.shape:
+        raise ValueError(f"mask {tuple(mask.shape)} and images {tuple(pred.shape)} differ in shape")
+
+
+def _weights(pred: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The mask as 0/1 weights in the images' dtype; all ones when there is no mask."""
+    if mask is None:
+        return torch.ones_like(pred)
+    return (mask > 0).to(pred.dtype)
+
+
+def _mean_per_image(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted mean over (C, H, W) of each image; 0 / 0 = NaN for an empty mask."""
+    # torch.where rather than a product so that a non-finite value outside the mask cannot leak in.
+    kept = torch.where(weights > 0, values, torch.zeros_like(values))
+    return kept.sum(dim=(1, 2, 3)) / weights.sum(dim=(1, 2, 3))
+
+
+def psnr_from_mse(mean_squared_error: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """10 log10(data_range^2 / MSE); +inf for a perfect prediction."""
+    return 10.0 * torch.log10(data_range**2 / mean_squared_error)
+
+
+def psnr_value(mean_squared_error: float, data_range: float = 1.0) -> float:
+    """PSNR of a float MSE (streamed sums); +inf when it is zero."""
+    if mean_squared_error == 0:
+        return math.inf
+    return 10.0 * math.log10(data_range**2 / mean_squared_error)
+
+
+def mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error of each image (over the mask when given)."""
+    _check_pair(pred, target, mask)
+    return _mean_per_image((pred - target) ** 2, _weights(pred, mask))
+
+
+def psnr(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None, data_range: float = 1.0
+) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB of each image (over the mask when given)."""
+    return psnr_from_mse(mse(pred, target, mask), data_range)
+
+
+def mae(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean absolute error of each image (over the mask when given)."""
+    _check_pair(pred, target, mask)
+    return _mean_per_image((pred - target).abs(), _weights(pred, mask))
+
+
+def nmse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Normalised MSE ||pred - target||^2 / ||target||^2 of each image (over the mask when given)."""
+    _check_pair(pred, target, mask)
+    weights = _weights(pred, mask)
+    error = torch.where(weights > 0, (pred - target) ** 2, torch.zeros_like(pred)).sum(dim=(1, 2, 3))
+    energy = torch.where(weights > 0, target**2, torch.zeros_like(target)).sum(dim=(1, 2, 3))
+    return error / energy
+
+
+def _gaussian_kernel(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """scipy.ndimage's normalised 1D Gaussian, (11,)."""
+    offsets = torch.arange(-SSIM_RADIUS, SSIM_RADIUS + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (offsets / SSIM_SIGMA) ** 2)
+    return (kernel / kernel.sum()).to(dtype=dtype, device=device)
+
+
+def _symmetric_index(length: int, radius: int, device: torch.device) -> torch.Tensor:
+    """Indices that pad an axis by ``radius`` with half-sample symmetry (d c b a | a b c d | d c b a).
+
+    torch's "reflect" padding is scipy's "mirror" (the edge sample is not repeated); scipy's
+    "reflect", which scikit-image uses, repeats it. Folding the index with period 2 * length
+    also covers axes shorter than the radius.
+    """
+    index = torch.arange(-radius, length + radius, device=device) % (2 * length)
+    return torch.where(index >= length, 2 * length - 1 - index, index)
+
+
+@functools.lru_cache(maxsize=16)
+def _gaussian_matrix(length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(length, length) matrix that Gaussian-filters one axis, boundary handling included.
+
+    Row i holds the 11 kernel weights at the (reflected) columns i - 5 ... i + 5; a weight whose
+    reflected column repeats is accumulated. A matrix product is exact and, on CPU and GPU alike,
+    far faster than a single-channel convolution.
+    """
+    kernel = _gaussian_kernel(dtype, device)
+    index = _symmetric_index(length, SSIM_RADIUS, device)
+    taps = torch.arange(length, device=device)[:, None] + torch.arange(SSIM_WINDOW, device=device)[None, :]
+    rows = torch.arange(length, device=device)[:, None].expand(length, SSIM_WINDOW)
+    matrix = torch.zeros(length, length, dtype=dtype, device=device)
+    matrix.index_put_((rows.reshape(-1), index[taps].reshape(-1)), kernel.repeat(length), accumulate=True)
+    return matrix
+
+
+def _gaussian_filter_matmul(images: torch.Tensor) -> torch.Tensor:
+    """Filter (..., H, W) as two matrix products: any device, differentiable."""
+    height, width = images.shape[-2:]
+    along_height = _gaussian_matrix(height, images.dtype, images.device)
+    along_width = _gaussian_matrix(width, images.dtype, images.device)
+    return along_height @ images @ along_width.T
+
+
+def _gaussian_filter_scipy(images: torch.Tensor) -> torch.Tensor:
+    """Filter (..., H, W) with scipy.ndimage, the very filter scikit-image calls."""
+    array = images.numpy()
+    for axis in (-2, -1):
+        array = ndimage.gaussian_filter1d(array, SSIM_SIGMA, axis=axis, mode="reflect", truncate=SSIM_TRUNCATE)
+    return torch.from_numpy(array)
+
+
+def _gaussian_filter(images: torch.Tensor) -> torch.Tensor:
+    """Same-size separable Gaussian filtering of (..., H, W), boundaries as scipy "reflect".
+
+    On the CPU without gradients scipy's direct 11-tap filter is several times faster than a
+    (mostly zero) banded matrix product; on a GPU, or when SSIM is differentiated (as a loss),
+    the matrix product is the fast or the only way.
+    """
+    if images.device.type == "cpu" and not images.requires_grad:
+        return _gaussian_filter_scipy(images)
+    return _gaussian_filter_matmul(images)
+
+
+def ssim_map(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """The local SSIM of every pixel, same shape as the inputs (scikit-image's ``full=True`` map)."""
+    _check_pair(pred, target, None)
+    batch, channels, height, width = pred.shape
+    if height < SSIM_WINDOW or width < SSIM_WINDOW:
+        raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW}, got {height}x{width}")
+    x = pred.reshape(batch * channels, 1, height, width)
+    y = target.reshape(batch * channels, 1, height, width)
+    # One filtering pass over the five local statistics stacked along the batch axis.
+    moments = _gaussian_filter(torch.cat([x, y, x * x, y * y, x * y], dim=0))
+    ux, uy, uxx, uyy, uxy = moments.chunk(5, dim=0)
+    # Population (not sample) covariances: use_sample_covariance=False.
+    vx = uxx - ux * ux
+    vy = uyy - uy * uy
+    vxy = uxy - ux * uy
+    c1 = (SSIM_K1 * data_range) ** 2
+    c2 = (SSIM_K2 * data_range) ** 2
+    numerator = (2 * ux * uy + c1) * (2 * vxy + c2)
+    denominator = (ux * ux + uy * uy + c1) * (vx + vy + c2)
+    return (numerator / denominator).reshape(batch, channels, height, width)
+
+
+def ssim(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None, data_range: float = 1.0
+) -> torch.Tensor:
+    """SSIM of each image.
+
+    Without a mask: the SSIM map's mean with a border of the window radius cropped
+    (scikit-image's ``structural_similarity`` value). With a mask: the map's mean over the mask.
+    """
+    _check_pair(pred, target, mask)
+    return _ssim_from_map(ssim_map(pred, target, data_range), mask)
+
+
+def _ssim_from_map(local: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is None:
+        r = SSIM_RADIUS
+        return local[..., r:-r, r:-r].mean(dim=(1, 2, 3))
+    return _mean_per_image(local, _weights(local, mask))
+
+
+def squared_error_sum(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+) -> tuple[float, int]:
+    """(sum of squared errors, number of voxels) over the mask of a whole batch.
+
+    Streaming these over a subject's slices gives its 3D PSNR without holding the volume.
+    """
+    _check_pair(pred, target, mask)
+    weights = _weights(pred, mask)
+    error = torch.where(weights > 0, (pred - target) ** 2, torch.zeros_like(pred)).sum()
+    return float(error), int(weights.sum())
+
+
+def volume_psnr(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, data_range: float = 1.0
+) -> float:
+    """PSNR of a whole volume over its brain voxels: one MSE over every masked voxel of the
+    stack (D, 1, H, W), not the mean of per-slice PSNRs."""
+    error, count = squared_error_sum(pred, target, mask)
+    if count == 0:
+        return math.nan
+    return psnr_value(error / count, data_range)
+
+
+def image_metrics(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """All eight metrics of each image under the skull-stripped evaluation protocol.
+
+    Whole-image values (psnr, ssim, mae, nmse) compare ``pred * mask`` with ``target * mask``:
+    the background of a skull-stripped target is exactly zero while a generator's is not, so
+    published protocols mask the prediction; the target is masked too, which changes nothing on
+    skull-stripped data and keeps the comparison fair where the mask was computed instead.
+    In-mask values (``*_mask``) use the brain voxels only; ``ssim_mask`` is the mean over the mask
+    of the same SSIM map (computed on the masked images). Returns name -> (B,) tensor.
+    """
+    _check_pair(pred, target, mask)
+    weights = _weights(pred, mask)
+    inside = weights > 0
+    zero = torch.zeros_like(pred)
+    pred_masked = torch.where(inside, pred, zero)
+    target_masked = torch.where(inside, target, zero)
+    # Both images are zero outside the mask, so the whole-image and in-mask error sums are the
+    # same sums divided by different voxel counts (and NMSE is the same either way).
+    difference = pred_masked - target_masked
+    squared_error = (difference * difference).sum(dim=(1, 2, 3))
+    absolute_error = difference.abs().sum(dim=(1, 2, 3))
+    energy = (target_masked * target_masked).sum(dim=(1, 2, 3))
+    brain_voxels = weights.sum(dim=(1, 2, 3))
+    all_voxels = pred[0].numel()
+    local = ssim_map(pred_masked, target_masked)
+    return {
+        "psnr": psnr_from_mse(squared_error / all_voxels),
+        "ssim": _ssim_from_map(local, None),
+        "mae": absolute_error / all_voxels,
+        "nmse": squared_error / energy,
+        "psnr_mask": psnr_from_mse(squared_error / brain_voxels),
+        "ssim_mask": _ssim_from_map(local, weights),
+        "mae_mask": absolute_error / brain_voxels,
+        "nmse_mask": squared_error / energy,
+    }
+
+
+def model_range_metrics(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """:func:`image_metrics` of generator outputs and targets in [-1, 1] (validation batches);
+    the prediction is clamped to the valid range first."""
+    return image_metrics(to_unit_range(pred).clamp(0.0, 1.0), to_unit_range(target), mask)

@@ -1,0 +1,179 @@
+"""Metrics against independent references: scikit-image and NumPy formulas, random images and masks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import mean_squared_error as sk_mse
+from skimage.metrics import peak_signal_noise_ratio as sk_psnr
+from skimage.metrics import structural_similarity as sk_ssim
+
+from mri2mri import metrics
+
+TOL = 1e-6
+
+
+def _random_batch(seed: int, batch: int = 3, height: int = 32, width: int = 40):
+    """Float64 images in [0, 1], a correlated prediction, and blobby random masks."""
+    rng = np.random.default_rng(seed)
+    target = rng.random((batch, 1, height, width))
+    pred = np.clip(target + 0.2 * rng.standard_normal(target.shape), 0.0, 1.0)
+    mask = rng.random((batch, 1, height, width)) < 0.6
+    return pred, target, mask
+
+
+def _t(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def _sk_ssim_full(pred: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray]:
+    return sk_ssim(
+        target, pred, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+        data_range=1.0, full=True,
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_whole_image_metrics_match_scikit_image_and_numpy(seed):
+    pred, target, _ = _random_batch(seed)
+    got_psnr = metrics.psnr(_t(pred), _t(target)).numpy()
+    got_mae = metrics.mae(_t(pred), _t(target)).numpy()
+    got_nmse = metrics.nmse(_t(pred), _t(target)).numpy()
+    got_ssim = metrics.ssim(_t(pred), _t(target)).numpy()
+    for i in range(len(pred)):
+        p, t = pred[i, 0], target[i, 0]
+        assert got_psnr[i] == pytest.approx(sk_psnr(t, p, data_range=1.0), abs=TOL)
+        assert got_psnr[i] == pytest.approx(10 * np.log10(1.0 / np.mean((p - t) ** 2)), abs=TOL)
+        assert got_mae[i] == pytest.approx(np.mean(np.abs(p - t)), abs=TOL)
+        assert got_nmse[i] == pytest.approx(np.sum((p - t) ** 2) / np.sum(t**2), abs=TOL)
+        assert got_nmse[i] == pytest.approx(sk_mse(t, p) / np.mean(t**2), abs=TOL)
+        assert got_ssim[i] == pytest.approx(_sk_ssim_full(p, t)[0], abs=TOL)
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (23, 41), (11, 17)])
+def test_ssim_map_matches_scikit_image_everywhere_including_borders(shape):
+    rng = np.random.default_rng(7)
+    target = rng.random((2, 1, *shape))
+    pred = rng.random((2, 1, *shape))
+    local = metrics.ssim_map(_t(pred), _t(target)).numpy()
+    assert local.shape == pred.shape
+    for i in range(2):
+        _, reference = _sk_ssim_full(pred[i, 0], target[i, 0])
+        np.testing.assert_allclose(local[i, 0], reference, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_masked_metrics_match_numpy_on_random_masks(seed):
+    pred, target, mask = _random_batch(seed)
+    got = {
+        "psnr": metrics.psnr(_t(pred), _t(target), _t(mask)).numpy(),
+        "mae": metrics.mae(_t(pred), _t(target), _t(mask)).numpy(),
+        "nmse": metrics.nmse(_t(pred), _t(target), _t(mask)).numpy(),
+        "ssim": metrics.ssim(_t(pred), _t(target), _t(mask)).numpy(),
+    }
+    for i in range(len(pred)):
+        p, t, m = pred[i, 0][mask[i, 0]], target[i, 0][mask[i, 0]], mask[i, 0]
+        assert got["psnr"][i] == pytest.approx(10 * np.log10(1.0 / np.mean((p - t) ** 2)), abs=TOL)
+        assert got["psnr"][i] == pytest.approx(sk_psnr(t, p, data_range=1.0), abs=TOL)
+        assert got["mae"][i] == pytest.approx(np.mean(np.abs(p - t)), abs=TOL)
+        assert got["nmse"][i] == pytest.approx(np.sum((p - t) ** 2) / np.sum(t**2), abs=TOL)
+        _, reference_map = _sk_ssim_full(pred[i, 0], target[i, 0])
+        assert got["ssim"][i] == pytest.approx(reference_map[m].mean(), abs=TOL)
+
+
+def test_mask_of_any_dtype_and_empty_mask_gives_nan():
+    pred, target, mask = _random_batch(5, batch=2)
+    as_float = metrics.psnr(_t(pred), _t(target), _t(mask.astype(np.float32)))
+    as_uint8 = metrics.psnr(_t(pred), _t(target), _t(mask.astype(np.uint8)))
+    torch.testing.assert_close(as_float, as_uint8)
+    empty = np.zeros_like(mask)
+    for name in ("psnr", "mae", "nmse", "ssim"):
+        values = getattr(metrics, name)(_t(pred), _t(target), _t(empty))
+        assert torch.isnan(values).all(), name
+
+
+def test_perfect_prediction():
+    _, target, mask = _random_batch(6, batch=2)
+    assert torch.isinf(metrics.psnr(_t(target), _t(target))).all()
+    assert metrics.mae(_t(target), _t(target), _t(mask)).abs().max() == 0
+    torch.testing.assert_close(metrics.ssim(_t(target), _t(target), _t(mask)), torch.ones(2, dtype=torch.float64))
+
+
+def test_float32_matches_float64_closely():
+    pred, target, mask = _random_batch(8)
+    low = metrics.image_metrics(_t(pred).float(), _t(target).float(), _t(mask))
+    high = metrics.image_metrics(_t(pred), _t(target), _t(mask))
+    for name in metrics.METRIC_NAMES:
+        np.testing.assert_allclose(low[name].double().numpy(), high[name].numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_image_metrics_follow_the_masked_prediction_protocol():
+    pred, target, mask = _random_batch(9)
+    target = target * mask  # skull-stripped: the real background is exactly zero
+    values = metrics.image_metrics(_t(pred), _t(target), _t(mask))
+    assert set(values) == set(metrics.METRIC_NAMES)
+    for i in range(len(pred)):
+        p, t, m = pred[i, 0] * mask[i, 0], target[i, 0], mask[i, 0]
+        assert values["psnr"][i] == pytest.approx(sk_psnr(t, p, data_range=1.0), abs=TOL)
+        assert values["mae"][i] == pytest.approx(np.mean(np.abs(p - t)), abs=TOL)
+        assert values["nmse"][i] == pytest.approx(np.sum((p - t) ** 2) / np.sum(t**2), abs=TOL)
+        whole, reference_map = _sk_ssim_full(p, t)
+        assert values["ssim"][i] == pytest.approx(whole, abs=TOL)
+        assert values["ssim_mask"][i] == pytest.approx(reference_map[m].mean(), abs=TOL)
+        assert values["psnr_mask"][i] == pytest.approx(
+            10 * np.log10(1.0 / np.mean((pred[i, 0][m] - t[m]) ** 2)), abs=TOL
+        )
+        assert values["mae_mask"][i] == pytest.approx(np.mean(np.abs(pred[i, 0][m] - t[m])), abs=TOL)
+
+
+def test_model_range_metrics_rescale_and_clamp():
+    pred, target, mask = _random_batch(10)
+    pred_model = _t(pred) * 2 - 1
+    pred_model[0, 0, 0, 0] = 1.7  # out of range: clamped to 1 before scoring
+    clamped = pred.copy()
+    clamped[0, 0, 0, 0] = 1.0
+    got = metrics.model_range_metrics(pred_model, _t(target) * 2 - 1, _t(mask))
+    expected = metrics.image_metrics(_t(clamped), _t(target), _t(mask))
+    for name in metrics.METRIC_NAMES:
+        torch.testing.assert_close(got[name], expected[name])
+
+
+def test_volume_psnr_pools_voxels_not_slices():
+    pred, target, mask = _random_batch(11, batch=4)
+    got = metrics.volume_psnr(_t(pred), _t(target), _t(mask))
+    expected = 10 * np.log10(1.0 / np.mean((pred[mask] - target[mask]) ** 2))
+    assert got == pytest.approx(expected, abs=TOL)
+    assert got == pytest.approx(sk_psnr(target[mask], pred[mask], data_range=1.0), abs=TOL)
+    assert math.isnan(metrics.volume_psnr(_t(pred), _t(target), _t(np.zeros_like(mask))))
+
+
+def test_shape_errors_are_reported():
+    with pytest.raises(ValueError, match="differ in shape"):
+        metrics.psnr(torch.zeros(1, 1, 16, 16), torch.zeros(1, 1, 16, 15))
+    with pytest.raises(ValueError, match="at least 11x11"):
+        metrics.ssim(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        metrics.mae(torch.zeros(16, 16), torch.zeros(16, 16))
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (13, 40), (3, 20)])
+def test_both_gaussian_filters_equal_scipy(shape):
+    """The CPU path (scipy) and the GPU / autograd path (matrix products) are the same filter."""
+    from scipy import ndimage
+
+    images = torch.rand(2, 1, *shape, dtype=torch.float64)
+    reference = ndimage.gaussian_filter(images.numpy(), sigma=(0, 0, 1.5, 1.5), mode="reflect", truncate=3.5)
+    np.testing.assert_allclose(metrics._gaussian_filter_matmul(images).numpy(), reference, atol=1e-12)
+    np.testing.assert_allclose(metrics._gaussian_filter_scipy(images).numpy(), reference, atol=1e-12)
+
+
+def test_ssim_is_differentiable_and_matches_without_gradients():
+    pred, target, mask = _random_batch(12)
+    leaf = _t(pred).clone().requires_grad_(True)
+    with_grad = metrics.ssim(leaf, _t(target), _t(mask))
+    with_grad.sum().backward()
+    assert leaf.grad is not None and torch.isfinite(leaf.grad).all() and leaf.grad.abs().sum() > 0
+    torch.testing.assert_close(with_grad.detach(), metrics.ssim(_t(pred), _t(target), _t(mask)))
