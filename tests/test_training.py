@@ -153,3 +153,10 @@ def test_disk_full_while_checkpointing_keeps_the_last_good_checkpoint(tiny_cache
     monkeypatch.undo()
     kept = _weights(run)
     assert all(torch.equal(good[k], kept[k]) for k in good)
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "..", "/abs", ""])
+def test_a_run_name_cannot_write_outside_the_run_folder(tiny_cache, tmp_path, name):
+    with pytest.raises(UserError, match="safe file name"):
+        train(tiny_config(epochs=1, run_name=name), tiny_cache, tmp_path / "run", progress=False)
+    assert not any(tmp_path.parent.glob("escape*"))

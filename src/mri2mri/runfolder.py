@@ -12,16 +12,29 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from mri2mri.errors import UserError
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_safe_name(name: str, what: str = "run name") -> str:
+    """A name used as a file name: no separators, no '..', so it cannot escape its folder."""
+    if not _SAFE_NAME.match(name) or ".." in name:
+        raise UserError(f"{what} {name!r} is not a safe file name (letters, digits, '.', '_', '-')")
+    return name
 
 
 @dataclass(frozen=True)
 class RunFolder:
     root: Path
     run_name: str
+
+    def __post_init__(self) -> None:
+        check_safe_name(self.run_name)
 
     @property
     def config(self) -> Path:
