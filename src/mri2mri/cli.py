@@ -281,10 +281,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from mri2mri.compare import compare_runs
+    from mri2mri.report import write_comparison_report
 
     table, csv_path, figure = compare_runs(args.runs, args.out, lang=args.lang)
+    report = write_comparison_report(args.out, table, figure, args.lang)
     print(table)
-    print(f"\nwrote {csv_path}, {figure} and {Path(args.out) / 'compare.md'}")
+    print(f"\nwrote {csv_path}, {figure}, {Path(args.out) / 'compare.md'} and {report}")
     return 0
 
 

@@ -750,10 +750,7 @@ def _finish(folder: RunFolder, nets: Networks, config: RunConfig, state: Progres
 
     try:
         figures.plot_loss_curve(folder.history, folder.figures / "loss_curve.png", lang=config.train.lang)
-        if any(r.get("val_L1") for r in read_history(folder.history)):
-            figures.plot_validation_curves(
-                folder.history, folder.figures / "validation_curves.png", lang=config.train.lang
-            )
+        figures.plot_validation_curves(folder.history, folder.figures / "validation_curves.png", lang=config.train.lang)
     except OSError as error:
         raise TrainingStopped(f"{folder.figures}: could not write a figure ({error}); checkpoints are intact") from None
 
