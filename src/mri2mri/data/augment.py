@@ -1,0 +1,101 @@
+"""MRI-aware augmentation of training samples, built on TorchIO.
+
+Two kinds of change, as TorchIO separates them:
+
+- geometric (left-right flip, small in-plane rotation / scaling / translation) acts on source,
+  target and mask alike, so the pair stays aligned and the mask stays the mask (the mask is a
+  ``LabelMap``: nearest-neighbour interpolation, never blurred);
+- acquisition (smooth bias field, Gaussian noise, gamma) acts on the source only: it models a
+  different scanner or coil for the input, while the target the generator must produce stays
+  clean.
+
+A :class:`~mri2mri.data.dataset.Sample` holds 2D slices ``(C, H, W)`` in [-1, 1]; they go to
+TorchIO as ``(C, H, W, 1)`` images in [0, 1] (so multiplicative bias and gamma act on
+intensities, not on a signed range) and come back clamped to [0, 1] and mapped to [-1, 1].
+Spatial axis 0 is the image rows (anterior-posterior), axis 1 the columns (left-right): only
+axis 1 is flipped, since brains are near-symmetric left-right but never upside down.
+
+Speed: about 1 to 15 ms per 256 x 256 sample on one CPU thread. In the main process, set
+``torch.set_num_threads`` low or use DataLoader workers (each worker runs one thread), since
+TorchIO's small tensor operations slow down badly when threads contend.
+"""
+
+from __future__ import annotations
+
+import torch
+import torchio as tio
+
+from mri2mri.config import DataConfig
+from mri2mri.data.dataset import Sample, Transform, to_model_range, to_unit_range
+
+
+class MRIAugmentation:
+    """Random flips and small affine maps on the whole sample; bias, noise and gamma on the source."""
+
+    def __init__(
+        self,
+        *,
+        flip_probability: float = 0.5,
+        affine_probability: float = 0.5,
+        degrees: float = 5.0,
+        scale: float = 0.05,
+        translation_pixels: float = 4.0,
+        bias_probability: float = 0.3,
+        bias_coefficients: float = 0.3,
+        noise_probability: float = 0.3,
+        noise_std: float = 0.03,
+        gamma_probability: float = 0.3,
+        log_gamma: float = 0.2,
+    ):
+        geometric = [
+            tio.RandomFlip(axes=(1,), flip_probability=flip_probability, copy=False),
+            tio.RandomAffine(
+                scales=(1 - scale, 1 + scale, 1 - scale, 1 + scale, 1, 1),
+                degrees=(0, 0, 0, 0, -degrees, degrees),  # in-plane only: about the slice normal
+                translation=(-translation_pixels, translation_pixels) * 2 + (0, 0),
+                default_pad_value="minimum",
+                p=affine_probability,
+                copy=False,
+            ),
+        ]
+        acquisition = [
+            tio.RandomBiasField(
+                coefficients=bias_coefficients,
+                order=3,
+                p=bias_probability,
+                include=["source"],
+                copy=False,
+            ),
+            tio.RandomNoise(
+                std=(0.0, noise_std), p=noise_probability, include=["source"], copy=False
+            ),
+            tio.RandomGamma(
+                log_gamma=(-log_gamma, log_gamma),
+                p=gamma_probability,
+                include=["source"],
+                copy=False,
+            ),
+        ]
+        self.transform = tio.Compose(geometric + acquisition, copy=False)
+
+    def __call__(self, sample: Sample) -> Sample:
+        subject = tio.Subject(
+            source=tio.ScalarImage(tensor=to_unit_range(sample.source).float().unsqueeze(-1)),
+            target=tio.ScalarImage(tensor=to_unit_range(sample.target).float().unsqueeze(-1)),
+            mask=tio.LabelMap(tensor=(sample.mask > 0.5).float().unsqueeze(-1)),
+        )
+        out = self.transform(subject)
+        return sample._replace(
+            source=to_model_range(out["source"].data[..., 0].clamp(0.0, 1.0)),
+            target=to_model_range(out["target"].data[..., 0].clamp(0.0, 1.0)),
+            mask=(out["mask"].data[..., 0] > 0.5).to(torch.float32),
+        )
+
+
+def identity(sample: Sample) -> Sample:
+    return sample
+
+
+def build_augmentation(data_config: DataConfig) -> Transform:
+    """The training transform: :class:`MRIAugmentation` when ``data_config.augment``, else identity."""
+    return MRIAugmentation() if data_config.augment else identity
