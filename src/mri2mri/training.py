@@ -45,6 +45,7 @@ from mri2mri.data.cache import SliceCache
 from mri2mri.data.dataset import Sample, SliceDataset, to_unit_range
 from mri2mri.errors import ConfigError, UserError
 from mri2mri.models import build_discriminator, build_generator, check_image_size, count_parameters
+from mri2mri.predict import reference_from_cache
 from mri2mri.runfolder import RunFolder, RunLock
 from mri2mri.runtime import (
     Runtime,
@@ -52,6 +53,7 @@ from mri2mri.runtime import (
     maybe_compile,
     seed_everything,
     setup_runtime,
+    sync_batchnorm,
     teardown,
 )
 
@@ -131,9 +133,8 @@ def build_networks(config: RunConfig, runtime: Runtime) -> Networks:
     model, train = config.model, config.train
     G = build_generator(model)
     D = build_discriminator(model)
-    if runtime.distributed and model.norm == "batch":
-        G = nn.SyncBatchNorm.convert_sync_batchnorm(G)
-        D = nn.SyncBatchNorm.convert_sync_batchnorm(D)
+    if model.norm == "batch":
+        G, D = sync_batchnorm(G, runtime), sync_batchnorm(D, runtime)
     G, D = runtime.prepare_module(G), runtime.prepare_module(D)
     betas = (train.beta1, train.beta2)
     opt_G = torch.optim.Adam(G.parameters(), lr=train.lr, betas=betas)
@@ -216,7 +217,7 @@ def gan_step(
         if nets.perceptual is not None:
             loss_G = loss_G + train.lambda_perceptual * nets.perceptual(fake.float(), target.float())
     nets.D.requires_grad_(True)
-    g_ok = _update(nets.opt_G, loss_G, nets.G, nets.scaler, train.grad_clip)
+    g_ok = _update(nets.opt_G, loss_G, nets.G, nets.scaler, train.grad_clip, runtime)
 
     # 3. Discriminator on the real pair and the detached fake: 0.5 * (real + fake).
     fake = fake.detach()
@@ -225,7 +226,7 @@ def gan_step(
     for _ in range(train.d_steps):
         with runtime.autocast():
             loss_D = nets.D_objective(source, target, fake)
-        d_ok = _update(nets.opt_D, loss_D, nets.D, nets.scaler, train.grad_clip) and d_ok
+        d_ok = _update(nets.opt_D, loss_D, nets.D, nets.scaler, train.grad_clip, runtime) and d_ok
     if g_ok and nets.ema is not None:
         nets.ema.update_parameters(nets.G)
     return StepResult(
@@ -242,19 +243,30 @@ def _update(
     module: nn.Module,
     scaler: torch.amp.GradScaler,
     grad_clip: float,
+    runtime: Runtime,
 ) -> bool:
-    """Backward and step, unless the loss or the gradient is not finite (then skip the step)."""
+    """Backward and step, unless the loss or the gradient is not finite (then skip the step).
+
+    The backward always runs, so that every process takes part in DDP's gradient all-reduce,
+    and the processes agree on the skip, so their weights never drift apart. The decision costs
+    one host sync per update (each sync stalls a GPU's queue of kernels).
+    """
     optimizer.zero_grad(set_to_none=True)
-    if not torch.isfinite(loss.detach()):
-        return False
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
     max_norm = grad_clip if grad_clip > 0 else math.inf
     grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
-    if not torch.isfinite(grad_norm) and not scaler.is_enabled():
+    finite = torch.isfinite(loss.detach())
+    if not scaler.is_enabled():  # with fp16 loss scaling, the scaler itself skips inf/NaN steps
+        finite = finite & torch.isfinite(grad_norm)
+    if runtime.distributed:  # a non-finite loss on one process skips the step on all
+        finite = finite.to(torch.int32)
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    if not bool(finite):
         optimizer.zero_grad(set_to_none=True)
+        scaler.update()
         return False
-    scaler.step(optimizer)  # with fp16 loss scaling, the scaler itself skips inf/NaN steps
+    scaler.step(optimizer)
     scaler.update()
     return True
 
@@ -451,6 +463,8 @@ def _loop(
 ) -> TrainResult:  # fmt: skip
     train = config.train
     indexed = EpochIndexed(train_set, train.seed)
+    # Saved in every checkpoint: what `predict` needs to warn about an input of the wrong contrast.
+    extras = {"source_reference": reference_from_cache(cache, config.data.source)} if runtime.is_main else {}
     steps_per_epoch = len(train_set) // batch_size
     if train.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, train.max_steps_per_epoch)
@@ -495,7 +509,7 @@ def _loop(
                         f"is {folder.last}"
                     )
                 if checkpoint_every and state.global_step % checkpoint_every == 0:
-                    _save(folder.last, nets, config, state, runtime)
+                    _save(folder.last, nets, config, state, runtime, extras)
                 over_budget = _agreed(
                     train.time_budget is not None and state.train_seconds >= train.time_budget, runtime
                 )
@@ -504,7 +518,7 @@ def _loop(
                     break
             bar.close()
             if interrupted:
-                _save(folder.last, nets, config, state, runtime)
+                _save(folder.last, nets, config, state, runtime, extras)
                 _finish(folder, nets, config, state, runtime, steps_per_epoch)
                 raise TrainingStopped(
                     f"training interrupted by {stop.signal_name or 'a signal'} at epoch "
@@ -518,8 +532,8 @@ def _loop(
             history.append(row)
             if state.step_in_epoch >= steps_per_epoch:
                 _advance_epoch(nets, state)
-            _record(folder, row, nets, config, state, runtime)
-            _save(folder.last, nets, config, state, runtime)
+            _record(folder, row, nets, config, state, runtime, extras)
+            _save(folder.last, nets, config, state, runtime, extras)
             if over_budget:
                 _finish(folder, nets, config, state, runtime, steps_per_epoch)
                 return TrainResult(folder.root, state.epoch, state.global_step, state.train_seconds,
@@ -529,7 +543,7 @@ def _loop(
 
 
 def _record(folder: RunFolder, row: dict[str, Any], nets: Networks, config: RunConfig,
-            state: Progress, runtime: Runtime) -> None:  # fmt: skip
+            state: Progress, runtime: Runtime, extras: dict[str, Any]) -> None:  # fmt: skip
     """Append the history row; keep the best checkpoint by validation L1 (the last without one)."""
     if not runtime.is_main:
         return
@@ -537,7 +551,7 @@ def _record(folder: RunFolder, row: dict[str, Any], nets: Networks, config: RunC
     if row["val_L1"] == "" or row["val_L1"] < state.best_val_l1:
         if row["val_L1"] != "":
             state.best_val_l1 = row["val_L1"]
-        _save(folder.best, nets, config, state, runtime, keep_previous=False)
+        _save(folder.best, nets, config, state, runtime, extras, keep_previous=False)
 
 
 def _agreed(flag: bool, runtime: Runtime) -> bool:
@@ -646,7 +660,7 @@ def _unwrap(module: nn.Module) -> nn.Module:
 
 
 def _save(path: Path, nets: Networks, config: RunConfig, state: Progress, runtime: Runtime,
-          keep_previous: bool = True) -> None:  # fmt: skip
+          extras: dict[str, Any], keep_previous: bool = True) -> None:  # fmt: skip
     if not runtime.is_main:
         return
     payload: dict[str, Any] = {
@@ -661,6 +675,7 @@ def _save(path: Path, nets: Networks, config: RunConfig, state: Progress, runtim
         "epoch": state.epoch,
         "progress": state.state(),
         "config": config.to_dict(),
+        **extras,
     }
     if nets.ema is not None:
         payload["ema"] = nets.ema.module.state_dict()

@@ -1,0 +1,468 @@
+"""``mri2mri predict``: a whole volume (or a 2D image) in, its synthetic target contrast out.
+
+The model is a PyTorch checkpoint (a ``.pth`` file or a run folder) or an exported ``.onnx``
+file. The ONNX route runs on onnxruntime and imports nothing from PyTorch, so a user can
+synthesise on a machine without it: every preprocessing step here is NumPy
+(:mod:`mri2mri.portable`, checked against :mod:`mri2mri.data.preprocess` by the tests).
+
+A volume (NIfTI file or DICOM series folder) is processed exactly as training processed its
+source: reoriented to canonical RAS, brain-masked, normalised to [0, 1] by the run's
+``DataConfig.percentiles`` of brain voxels, cut into axial slices cropped to the brain, padded
+to a square and resized to the run's image size, with ``DataConfig.context_slices`` neighbours
+on each side as extra channels (2.5D). Every axial slice that holds brain is synthesised, in
+batches, without gradients; the slices are put back (resize, pad and crop undone, reorientation
+undone) so that the output NIfTI has exactly the input file's shape, affine and orientation.
+Voxels outside the input's brain mask, and slices without brain, are zero.
+
+Output intensity scale
+----------------------
+The output is float32 on a **unit scale**: 0 and 1 are the low and high ends of the window
+that training mapped the *target* contrast to, i.e. the ``percentiles`` (default 0.5th and
+99.5th) of the target's brain intensities. So 1.0 means "as bright as the brightest target
+brain tissue (e.g. CSF on T2)", 0.0 the darkest. We do not rescale to scanner units because a
+weighted MR image has none that carry over: its values depend on receiver gain, coil and
+reconstruction, differ between scanners and sessions, and cannot be inferred from a T1 image;
+any such number would be invented. The unit scale is the scale the model was trained and
+evaluated on (metrics.json compares images in [0, 1]); multiply it by a reference value of
+your own when a tool needs another range. The NIfTI header says so: ``descrip`` records that
+the image is synthetic and which model made it, ``cal_min``/``cal_max`` are 0 and 1, and a
+JSON comment extension (code 6) holds the full provenance.
+
+A 2D PNG/TIFF image gives the same kind of file: a 16-bit image of the [0, 1] output
+(0..65535), masked like the input's training pairs (non-zero pixels when the background is
+exactly zero).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mri2mri import __version__, portable
+from mri2mri.config import DataConfig, RunConfig
+from mri2mri.data.io import is_image_2d, is_nifti, read_image_2d, read_volume
+from mri2mri.errors import ConfigError, DataError, UserError
+
+# (B, C, S, S) float32 in [-1, 1] -> (B, 1, S, S) float32 in [-1, 1]
+Runner = Callable[[np.ndarray], np.ndarray]
+
+# Keys of the ONNX model's metadata_props (written by mri2mri.export).
+META_PREFIX = "mri2mri."
+META_CONFIG = META_PREFIX + "config"
+META_REFERENCE = META_PREFIX + "source_reference"
+META_CHECKPOINT = META_PREFIX + "checkpoint"
+# Histograms of at most this many subjects x slices of a cache make the source reference.
+REFERENCE_SUBJECTS = 64
+REFERENCE_SLICES = 24
+INTENSITY_SCALE = "unit: 0..1 = target window (DataConfig.percentiles of target brain voxels)"
+
+
+class ContrastWarning(UserWarning):
+    """The input's intensities look unlike the contrast the model was trained on."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What prediction needs to know about a model, from a checkpoint or ONNX metadata."""
+
+    config: RunConfig
+    name: str  # the checkpoint or ONNX file name, recorded in every output
+    kind: str  # "pytorch" or "onnx"
+    source_reference: dict[str, Any] | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def data(self) -> DataConfig:
+        return self.config.data
+
+    def description(self) -> str:
+        """The NIfTI descrip field (80 bytes with its terminator)."""
+        text = (f"mri2mri synthetic {self.data.target} from {self.data.source}, "
+                f"{self.config.model.generator}, {self.name}")  # fmt: skip
+        return text.encode("ascii", "replace")[:79].decode("ascii")
+
+
+# --------------------------------------------------------------------------------------------
+# Loading a model
+
+
+def load_model(
+    checkpoint: Path | str, *, device: str = "auto", precision: str = "fp32"
+) -> tuple[Runner, ModelInfo]:
+    """A runner and its :class:`ModelInfo` for a ``.pth`` checkpoint, a run folder or a ``.onnx`` file."""
+    checkpoint = Path(checkpoint)
+    if checkpoint.suffix.lower() == ".onnx":
+        return load_onnx_model(checkpoint, device=device, precision=precision)
+    return load_torch_model(checkpoint, device=device, precision=precision)
+
+
+def load_onnx_model(
+    path: Path, *, device: str = "auto", precision: str = "fp32"
+) -> tuple[Runner, ModelInfo]:
+    """An exported model run by onnxruntime (no PyTorch needed); its metadata configures predict."""
+    import onnxruntime as ort
+
+    if precision != "fp32":
+        raise ConfigError(
+            f"--precision {precision} applies to PyTorch checkpoints; an ONNX model runs in fp32"
+        )
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(
+            f"unknown device {device!r} for an ONNX model; choose one of auto, cpu, cuda"
+        )
+    available = ort.get_available_providers()
+    if device == "cuda" and "CUDAExecutionProvider" not in available:
+        raise ConfigError("--device cuda was asked for but this onnxruntime has no CUDA provider")
+    use_cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in available
+    providers = (["CUDAExecutionProvider"] if use_cuda else []) + ["CPUExecutionProvider"]
+    if not path.is_file():
+        raise DataError(f"{path}: ONNX model not found")
+    try:
+        session = ort.InferenceSession(str(path), providers=providers)
+    except Exception as error:  # onnxruntime raises its own exception types for bad files
+        raise DataError(f"{path}: unreadable ONNX model ({_first_line(error)})") from None
+    meta = session.get_modelmeta().custom_metadata_map
+    if META_CONFIG not in meta:
+        raise DataError(
+            f"{path}: not an mri2mri model (no {META_CONFIG} in its metadata); export it with `mri2mri export`"
+        )
+    config = RunConfig.from_dict(json.loads(meta[META_CONFIG]))
+    input_name = session.get_inputs()[0].name
+    provenance = {key[len(META_PREFIX):]: value for key, value in meta.items()
+                  if key.startswith(META_PREFIX) and key not in (META_CONFIG, META_REFERENCE)}  # fmt: skip
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return session.run(None, {input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+
+    info = ModelInfo(config=config, name=path.name, kind="onnx",
+                     source_reference=portable.reference_from_json(meta.get(META_REFERENCE)),
+                     provenance=provenance)  # fmt: skip
+    return run, info
+
+
+def load_torch_model(
+    checkpoint: Path, *, device: str = "auto", precision: str = "fp32"
+) -> tuple[Runner, ModelInfo]:
+    """The generator of a checkpoint (EMA weights when present) in eval mode on ``device``."""
+    import torch
+
+    from mri2mri.inference import load_generator
+    from mri2mri.runfolder import find_checkpoint
+    from mri2mri.runtime import setup_runtime
+
+    path = find_checkpoint(checkpoint, "best")
+    runtime = setup_runtime(device, precision)
+    G, config, payload = load_generator(path, runtime.device)
+    reference = payload.get("source_reference")
+    if not isinstance(reference, dict):
+        reference = reference_from_run(run_folder_of(path), config)
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode(), runtime.autocast():
+            out = G(
+                runtime.to_device(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
+            )
+        return out.float().cpu().numpy()
+
+    info = ModelInfo(config=config, name=path.name, kind="pytorch", source_reference=reference,
+                     provenance={"checkpoint": path.name, "epoch": payload.get("epoch"),
+                                 "weights": "ema" if payload.get("ema") else "G"})  # fmt: skip
+    return run, info
+
+
+def run_folder_of(checkpoint: Path) -> Path | None:
+    """``run/`` for ``run/checkpoints/<name>.pth``; None for a checkpoint kept elsewhere."""
+    checkpoint = Path(checkpoint)
+    if checkpoint.is_dir():
+        return checkpoint
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
+
+
+def reference_from_run(run_dir: Path | None, config: RunConfig) -> dict[str, Any] | None:
+    """The source reference from the run folder's slice cache (``run/cache``), when it is there."""
+    from mri2mri.data.cache import SliceCache, is_cache
+
+    if run_dir is None or not is_cache(run_dir / "cache"):
+        return None
+    try:
+        return reference_from_cache(SliceCache(run_dir / "cache"), config.data.source)
+    except (UserError, OSError, ValueError, KeyError):
+        return None  # a damaged cache only costs the contrast check, never the prediction
+
+
+def reference_from_cache(cache, contrast: str) -> dict[str, Any] | None:
+    """Histograms of the training subjects' normalised source brain voxels (a sample of slices)."""
+    histograms = []
+    for record in cache.subjects_in("train")[:REFERENCE_SUBJECTS]:
+        start, stop = record.rows
+        if stop <= start:
+            continue
+        rows = np.unique(
+            np.linspace(start, stop - 1, min(REFERENCE_SLICES, stop - start)).astype(int)
+        )
+        histogram = portable.intensity_histogram(
+            np.asarray(cache.source[rows]), np.asarray(cache.mask[rows])
+        )
+        if histogram.sum() > 0:
+            histograms.append(histogram)
+    return portable.source_reference(histograms, contrast) if histograms else None
+
+
+# --------------------------------------------------------------------------------------------
+# Synthesis
+
+
+def synthesise(run: Runner, prepared: portable.PreparedInput, batch_size: int) -> np.ndarray:
+    """(n, 1, S, S) predictions in [0, 1]; slices without brain are not run and stay 0."""
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    out = np.zeros((prepared.slices.shape[0], 1, *prepared.slices.shape[2:]), dtype=np.float32)
+    rows = np.flatnonzero(prepared.mask.reshape(prepared.mask.shape[0], -1).any(axis=1))
+    for start in range(0, rows.size, batch_size):
+        chunk = rows[start : start + batch_size]
+        prediction = run(prepared.slices[chunk] * 2.0 - 1.0)  # [0, 1] -> the model's [-1, 1]
+        out[chunk] = (np.asarray(prediction, dtype=np.float32)[:, :1] + 1.0) * 0.5
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _check_channels(prepared: portable.PreparedInput, info: ModelInfo, path: Path) -> None:
+    if prepared.slices.shape[1] != info.config.model.in_channels:
+        raise DataError(f"{path}: prepared {prepared.slices.shape[1]} input channels, the model "
+                        f"{info.name} expects {info.config.model.in_channels}")  # fmt: skip
+
+
+def _warn_contrast(prepared: portable.PreparedInput, info: ModelInfo) -> None:
+    message = portable.check_source(prepared, info.source_reference)
+    if message:
+        warnings.warn(message, ContrastWarning, stacklevel=3)
+
+
+def predict_volume(
+    run: Runner, info: ModelInfo, path: Path, *, batch_size: int = 16
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(data, affine)``: the synthetic volume on the grid of the file or DICOM folder ``path``."""
+    volume = read_volume(path)
+    prepared = portable.prepare_volume(volume, info.data)
+    _check_channels(prepared, info, path)
+    _warn_contrast(prepared, info)
+    predicted = synthesise(run, prepared, batch_size)
+    canonical = portable.slices_to_canonical(predicted, prepared.geometry, prepared.slice_indices)
+    canonical *= prepared.full_mask
+    data = volume.to_original(canonical)
+    if data.shape != tuple(volume.original_shape):  # a broken inverse must never be written
+        raise RuntimeError(
+            f"{path}: reassembled shape {data.shape} != input shape {volume.original_shape}"
+        )
+    return data.astype(np.float32), volume.original_affine
+
+
+def predict_image(run: Runner, info: ModelInfo, path: Path, *, batch_size: int = 16) -> np.ndarray:
+    """The synthetic (H, W) image in [0, 1] for a PNG/TIFF source image."""
+    prepared = portable.prepare_image(read_image_2d(path), info.data, str(path))
+    _check_channels(prepared, info, path)
+    _warn_contrast(prepared, info)
+    predicted = synthesise(run, prepared, batch_size)
+    return portable.square_to_planes(predicted, prepared.geometry)[0, 0] * prepared.full_mask
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs, outputs, the command
+
+
+@dataclass(frozen=True)
+class Job:
+    source: Path
+    output: Path
+    kind: str  # "volume" or "image"
+
+
+def predict_path(
+    checkpoint: Path | str,
+    source: Path | str,
+    output: Path | str,
+    *,
+    device: str = "auto",
+    batch_size: int = 16,
+    overwrite: bool = False,
+    precision: str = "fp32",
+) -> list[Path]:
+    """Synthesise every input and return the files written (see the module docstring).
+
+    ``source`` is a NIfTI file, a DICOM series folder, a PNG/TIFF image, or a folder of them
+    (batch mode: one output each in the folder ``output``). Existing outputs are refused
+    unless ``overwrite``; a file is written to a temporary name and renamed, so a failure
+    never leaves a partial output. In batch mode a bad input is reported and skipped, and a
+    :class:`DataError` at the end says how many failed.
+    """
+    jobs = plan_jobs(Path(source), Path(output), overwrite=overwrite)
+    run, info = load_model(checkpoint, device=device, precision=precision)
+    written: list[Path] = []
+    failures: list[str] = []
+    for job in jobs:
+        try:
+            written.append(_predict_one(run, info, job, batch_size))
+        except DataError as error:
+            if len(jobs) == 1:
+                raise
+            failures.append(str(error))
+            print(f"error: {error}; skipped", file=sys.stderr, flush=True)
+    if failures:
+        raise DataError(
+            f"{source}: {len(failures)} of {len(jobs)} inputs failed (first: {failures[0]})"
+        )
+    return written
+
+
+def _predict_one(run: Runner, info: ModelInfo, job: Job, batch_size: int) -> Path:
+    if job.kind == "image":
+        image01 = predict_image(run, info, job.source, batch_size=batch_size)
+        return write_image_16bit(job.output, image01)
+    data, affine = predict_volume(run, info, job.source, batch_size=batch_size)
+    return write_synthetic_nifti(job.output, data, affine, info, source=job.source)
+
+
+def input_kind(path: Path) -> str | None:
+    """ "volume" (NIfTI or DICOM folder), "image" (PNG/TIFF), "batch" (a folder of those) or None."""
+    if path.is_file():
+        return "volume" if is_nifti(path) else "image" if is_image_2d(path) else None
+    if path.is_dir():
+        entries = [p for p in path.iterdir() if not p.name.startswith(".")]
+        if any(p.is_dir() or is_nifti(p) or is_image_2d(p) for p in entries):
+            return "batch"
+        return "volume" if any(p.is_file() for p in entries) else None  # a DICOM series
+    return None
+
+
+def plan_jobs(source: Path, output: Path, *, overwrite: bool) -> list[Job]:
+    """Pair every input with its output path and refuse existing outputs, before any work."""
+    kind = input_kind(source)
+    if kind is None:
+        what = (
+            "no such file or folder"
+            if not source.exists()
+            else "not a NIfTI, DICOM folder, PNG/TIFF or a folder of them"
+        )
+        raise DataError(f"{source}: {what}")
+    if kind == "batch":
+        items = sorted(
+            p
+            for p in source.iterdir()
+            if not p.name.startswith(".") and input_kind(p) in ("volume", "image")
+        )
+        if output.exists() and not output.is_dir():
+            raise DataError(
+                f"{output}: exists and is not a folder; batch mode writes one file per input into a folder"
+            )
+        jobs = [Job(p, output / output_name(p, input_kind(p)), input_kind(p)) for p in items]
+        if not jobs:
+            raise DataError(f"{source}: no NIfTI, DICOM, PNG or TIFF input found")
+    else:
+        target = output / output_name(source, kind) if output.is_dir() else output
+        jobs = [Job(source, target, kind)]
+    for job in jobs:
+        _check_output(job, overwrite)
+    return jobs
+
+
+def output_name(path: Path, kind: str | None) -> str:
+    """``sub-01_T1.nii.gz`` -> ``sub-01_T1_synth.nii.gz``; a DICOM folder gives ``<folder>_synth.nii.gz``."""
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".png", ".tiff", ".tif"):
+        if name.lower().endswith(suffix):
+            return f"{name[: -len(suffix)]}_synth{name[-len(suffix) :]}"
+    return f"{name}_synth.nii.gz" if kind == "volume" else f"{name}_synth.png"
+
+
+def _check_output(job: Job, overwrite: bool) -> None:
+    if job.kind == "volume" and not is_nifti(job.output):
+        raise DataError(f"{job.output}: a volume's output must be a NIfTI file (.nii or .nii.gz)")
+    if job.kind == "image" and not is_image_2d(job.output):
+        raise DataError(f"{job.output}: an image's output must be a .png, .tif or .tiff file")
+    if job.output.exists() and not overwrite:
+        raise DataError(f"{job.output}: exists; pass --overwrite to replace it")
+    if job.output.resolve() == job.source.resolve():
+        raise DataError(f"{job.output}: the output would replace its own input")
+
+
+def write_synthetic_nifti(
+    path: Path, data: np.ndarray, affine: np.ndarray, info: ModelInfo, *, source: Path
+) -> Path:
+    """float32 NIfTI marked synthetic (descrip, cal range, JSON provenance extension), atomically."""
+    import nibabel as nib
+
+    image = nib.Nifti1Image(
+        np.asarray(data, dtype=np.float32), np.asarray(affine, dtype=np.float64)
+    )
+    header = image.header
+    header["descrip"] = info.description().encode("ascii")
+    header["cal_min"], header["cal_max"] = 0.0, 1.0
+    header.set_xyzt_units("mm", "sec")
+    image.set_qform(image.affine, code=1)
+    image.set_sform(image.affine, code=1)
+    provenance = {
+        "software": f"mri2mri {__version__}",
+        "synthetic": True,
+        "source_contrast": info.data.source,
+        "target_contrast": info.data.target,
+        "generator": info.config.model.generator,
+        "model_file": info.name,
+        "model_format": info.kind,
+        "input": str(source),
+        "intensity_scale": INTENSITY_SCALE,
+        **{k: v for k, v in info.provenance.items() if k not in ("format",)},
+    }
+    header.extensions.append(
+        nib.nifti1.Nifti1Extension(6, json.dumps(provenance, default=str).encode("utf-8"))
+    )
+    suffix = ".nii.gz" if str(path).lower().endswith(".gz") else ".nii"
+    return atomic_save(Path(path), suffix, lambda tmp: nib.save(image, tmp))
+
+
+def write_image_16bit(path: Path, image01: np.ndarray) -> Path:
+    """A 16-bit grayscale PNG or TIFF of an image in [0, 1] (0..65535), atomically."""
+    from PIL import Image
+
+    values = np.round(np.clip(image01, 0.0, 1.0) * 65535.0).astype(np.uint16)
+    path = Path(path)
+    image_format = "PNG" if path.suffix.lower() == ".png" else "TIFF"
+    return atomic_save(
+        path, path.suffix, lambda tmp: Image.fromarray(values).save(tmp, format=image_format)
+    )
+
+
+def atomic_save(path: Path, suffix: str, save: Callable[[str], Any]) -> Path:
+    """Save to a temporary file beside ``path`` and rename it into place; no partial output."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(handle)
+    try:
+        save(tmp_name)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, streamed (checkpoints can be hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else type(error).__name__

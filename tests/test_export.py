@@ -1,0 +1,205 @@
+"""`mri2mri export`: ONNX (dynamic sizes, metadata, parity), safetensors, model card, torch-free predict."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from conftest import write_tiny_cache
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from mri2mri.checkpoint import save_checkpoint
+from mri2mri.cli import main as cli_main
+from mri2mri.config import DataConfig, ModelConfig, RunConfig
+from mri2mri.errors import ConfigError, DataError
+from mri2mri.export import export_model
+from mri2mri.models import build_generator, count_parameters
+from mri2mri.predict import predict_path
+
+CONFIG = RunConfig(
+    data=DataConfig(image_size=32, context_slices=1),
+    model=ModelConfig(generator="unet", base_channels=8, in_channels=3, dropout=0.0),
+)
+METRICS = {
+    "schema": 1, "split": "test", "methods": ["model", "identity", "intensity-map"],
+    "test_set": {"subjects": ["sub-04"], "n_slices": 4},
+    "summary": {"model": {"psnr": 24.5, "ssim": 0.81}, "identity": {"psnr": 11.0, "ssim": 0.3},
+                "intensity-map": {"psnr": 20.1, "ssim": 0.7}},
+    "beats_intensity_map": True,
+}  # fmt: skip
+
+
+def make_run(root: Path) -> Path:
+    """A run folder: a 2.5D checkpoint with non-trivial BatchNorm statistics, cache, split, metrics."""
+    run = root / "run"
+    cache = write_tiny_cache(run / "cache", size=32)
+    source = np.load(cache / "source.npy")  # (n, 1, 32, 32): make it 3 channels for the model
+    np.save(cache / "source.npy", np.repeat(source, 3, axis=1))
+    meta = json.loads((cache / "cache.json").read_text())
+    meta["in_channels"] = 3
+    (cache / "cache.json").write_text(json.dumps(meta))
+    (run / "split.json").write_text((cache / "split.json").read_text())
+    (run / "metrics.json").write_text(json.dumps(METRICS))
+    torch.manual_seed(0)
+    G = build_generator(CONFIG.model)
+    with torch.no_grad():  # a few training-mode passes give BatchNorm real running statistics
+        for _ in range(3):
+            G(torch.rand(4, 3, 32, 32) * 2 - 1)
+    G.eval()
+    save_checkpoint(
+        run / "checkpoints" / "tiny_best.pth",
+        {"G": G.state_dict(), "config": CONFIG.to_dict(), "epoch": 7},
+    )
+    return run
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("export")
+    run = make_run(root)
+    written = export_model(
+        run, onnx_path=root / "model" / "g.onnx", safetensors_path=root / "model" / "g.safetensors"
+    )
+    return {"run": run, "root": root, "written": written, "onnx": root / "model" / "g.onnx",
+            "safetensors": root / "model" / "g.safetensors", "card": root / "model" / "MODEL_CARD.md"}  # fmt: skip
+
+
+def generator(run: Path) -> torch.nn.Module:
+    from mri2mri.inference import load_generator
+
+    return load_generator(run / "checkpoints" / "tiny_best.pth")[0]
+
+
+def test_export_writes_models_and_one_card(exported):
+    assert exported["written"] == [exported["onnx"], exported["safetensors"], exported["card"]]
+    assert sorted(p.name for p in exported["onnx"].parent.iterdir()) == [
+        "MODEL_CARD.md",
+        "g.onnx",
+        "g.safetensors",
+    ]
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 32, 32), (3, 3, 64, 48)])
+def test_onnx_runs_at_two_sizes_and_matches_pytorch(exported, shape):
+    session = ort.InferenceSession(str(exported["onnx"]), providers=["CPUExecutionProvider"])
+    source = torch.rand(*shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.inference_mode():
+        expected = generator(exported["run"])(source).numpy()
+    got = session.run(None, {"source": source.numpy()})[0]
+    assert got.shape == (shape[0], 1, *shape[2:])
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_onnx_metadata_carries_what_predict_needs(exported):
+    model = onnx.load(str(exported["onnx"]))
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert RunConfig.from_dict(json.loads(meta["mri2mri.config"])) == CONFIG
+    assert (meta["mri2mri.source"], meta["mri2mri.target"], meta["mri2mri.generator"]) == (
+        "T1",
+        "T2",
+        "unet",
+    )
+    assert meta["mri2mri.checkpoint"] == "tiny_best.pth" and meta["mri2mri.epoch"] == "7"
+    reference = json.loads(meta["mri2mri.source_reference"])  # from the run folder's cache
+    assert reference["n_subjects"] == 3 and abs(sum(reference["histogram"]) - 1) < 1e-4
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert [bool(d.dim_param) for d in dims] == [True, False, True, True]  # B, C fixed, H, W
+
+
+def test_safetensors_holds_the_state_dict_and_config(exported):
+    tensors = load_file(str(exported["safetensors"]))
+    with safe_open(str(exported["safetensors"]), framework="pt") as handle:
+        config = RunConfig.from_dict(json.loads(handle.metadata()["mri2mri.config"]))
+    G = build_generator(config.model).eval()
+    G.load_state_dict(tensors)
+    source = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.inference_mode():
+        torch.testing.assert_close(G(source), generator(exported["run"])(source))
+
+
+def test_model_card_describes_data_networks_metrics_and_limits(exported):
+    card = exported["card"].read_text()
+    assert "Subjects per split: 3 train, 1 val, 1 test" in card
+    assert "Slices per split: 12 train, 4 val, 4 test" in card
+    assert "2.5D context: 1 neighbouring slice(s)" in card
+    parameters = count_parameters(build_generator(CONFIG.model))
+    assert f"Generator `unet`: {parameters:,} parameters" in card
+    assert (
+        "| intensity-map | 20.1 | 0.7 |" in card and "Beats the intensity-map baseline: yes" in card
+    )
+    assert "Not for diagnosis" in card and "field strengths" in card
+    assert "`g.onnx`, `g.safetensors`" in card
+
+
+def test_export_refuses_existing_files_and_bad_requests(exported, tmp_path):
+    with pytest.raises(DataError, match=r"g\.onnx: exists; pass --overwrite"):
+        export_model(exported["run"], onnx_path=exported["onnx"])
+    with pytest.raises(DataError, match=r"MODEL_CARD\.md: exists"):
+        export_model(
+            exported["run"], safetensors_path=exported["root"] / "model" / "other.safetensors"
+        )
+    with pytest.raises(DataError, match=r"model\.bin: expected a \.onnx"):
+        export_model(exported["run"], onnx_path=tmp_path / "model.bin")
+    with pytest.raises(ConfigError, match="nothing to export"):
+        export_model(exported["run"])
+    assert cli_main(["export", str(exported["run"])]) == 2
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_with_onnx_without_torch(exported, tmp_path):
+    """The ONNX route of predict runs in a process where importing torch fails, and agrees with PyTorch."""
+    rng = np.random.default_rng(0)
+    volume = np.zeros((30, 26, 12), np.float32)
+    volume[4:26, 3:23, 2:10] = rng.uniform(100, 900, (22, 20, 8))
+    affine = np.array([[0, 0, -2.0, 10], [0.9, 0.1, 0, -20], [0, -1.2, 0.3, 5], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(volume, affine), tmp_path / "in.nii.gz")
+    predict_path(exported["run"], tmp_path / "in.nii.gz", tmp_path / "torch.nii.gz", device="cpu")
+
+    script = (
+        "import sys\n"
+        "sys.modules['torch'] = None  # any `import torch` now raises ImportError\n"
+        "from mri2mri.predict import predict_path\n"
+        f"predict_path({str(exported['onnx'])!r}, {str(tmp_path / 'in.nii.gz')!r}, "
+        f"{str(tmp_path / 'onnx.nii.gz')!r}, device='cpu')\n"
+        "assert sys.modules['torch'] is None\n"
+        "print('no torch:', sorted(m for m in sys.modules if m.startswith('torch')))\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "no torch: ['torch']" in done.stdout
+    by_torch, by_onnx = nib.load(tmp_path / "torch.nii.gz"), nib.load(tmp_path / "onnx.nii.gz")
+    np.testing.assert_array_equal(by_onnx.affine, nib.load(tmp_path / "in.nii.gz").affine)
+    np.testing.assert_allclose(by_onnx.get_fdata(), by_torch.get_fdata(), atol=1e-4)
+    assert by_onnx.header["descrip"].item().decode() == "mri2mri synthetic T2 from T1, unet, g.onnx"
+
+
+def test_onnx_without_mri2mri_metadata_is_refused(tmp_path):
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Neg", ["source"], ["prediction"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("source", TensorProto.FLOAT, [1, 1, 4, 4])],
+                              [helper.make_tensor_value_info("prediction", TensorProto.FLOAT, [1, 1, 4, 4])])  # fmt: skip
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+        tmp_path / "plain.onnx",
+    )
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4)), tmp_path / "in.nii")
+    with pytest.raises(DataError, match=r"plain\.onnx: not an mri2mri model"):
+        predict_path(tmp_path / "plain.onnx", tmp_path / "in.nii", tmp_path / "out.nii")
+    (tmp_path / "junk.onnx").write_bytes(b"junk")
+    with pytest.raises(DataError, match=r"junk\.onnx: unreadable ONNX model"):
+        predict_path(tmp_path / "junk.onnx", tmp_path / "in.nii", tmp_path / "out.nii")
+    assert not (tmp_path / "out.nii").exists()
