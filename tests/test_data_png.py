@@ -10,9 +10,10 @@ from PIL import Image
 
 from mri2mri.config import DataConfig
 from mri2mri.data.cache import SliceCache
+from mri2mri.data.geometry import slices_to_volume
 from mri2mri.data.io import ImageWarning
 from mri2mri.data.png import discover_image_pairs, is_png_pair_root
-from mri2mri.data.preprocess import prepare, slices_to_volume
+from mri2mri.data.preprocess import prepare
 from mri2mri.errors import DataError
 
 

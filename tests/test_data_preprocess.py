@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -12,24 +14,27 @@ from scipy import ndimage
 
 from mri2mri.config import DataConfig
 from mri2mri.data.cache import SliceCache, is_cache
-from mri2mri.data.io import Volume, read_volume
-from mri2mri.data.preprocess import (
+from mri2mri.data.geometry import (
     brain_mask,
     denormalise,
-    ensure_cache,
     normalise,
     otsu_threshold,
     plan_geometry,
-    prepare,
-    prepare_volume,
-    register_rigid,
-    resample_to,
+    resize_bilinear,
     select_slices,
     slices_to_volume,
-    split_subjects,
     volume_to_slices,
 )
+from mri2mri.data.io import Volume, read_volume
+from mri2mri.data.preprocess import (
+    ensure_cache,
+    prepare,
+    register_rigid,
+    resample_to,
+    split_subjects,
+)
 from mri2mri.errors import DataError
+from mri2mri.portable import prepare_volume
 
 REAL_MRI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real-mri"
 
@@ -177,6 +182,35 @@ def test_slices_round_trip_with_resizing_is_close():
     back = slices_to_volume(volume_to_slices(smooth, geometry, indices), geometry, indices)
     # Only the outermost voxels blend with the zero padding.
     assert np.abs(back - smooth)[2:-2, 2:-2].max() < 0.02
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "size"), [(50, 37, 32), (20, 24, 64), (240, 200, 64), (64, 64, 63)]
+)
+def test_resize_matches_torch_antialiased_bilinear(height, width, size):
+    import torch
+    import torch.nn.functional as F
+
+    stack = np.random.default_rng(0).random((2, 3, height, width)).astype(np.float32)
+    expected = F.interpolate(torch.from_numpy(stack), size=(size, size), mode="bilinear",
+                             align_corners=False, antialias=True).numpy()  # fmt: skip
+    resized = resize_bilinear(stack, size)
+    # PyTorch's own weights, summed in its order: only float rounding (a few ulp) may differ.
+    np.testing.assert_allclose(resized, expected, rtol=0, atol=1e-6)
+    assert resized.min() >= stack.min() and resized.max() <= stack.max()
+    # A pixel never depends on the rest of the batch.
+    np.testing.assert_array_equal(resize_bilinear(stack[1:, :1], size), resized[1:, :1])
+
+
+def test_preprocessing_imports_no_torch():
+    """Prediction from ONNX runs without PyTorch, and it shares these modules with training."""
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None  # any `import torch` now raises ImportError\n"
+        "import mri2mri.data.preprocess, mri2mri.data.png, mri2mri.portable\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 def test_context_slices_are_edge_replicated():

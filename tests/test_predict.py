@@ -20,7 +20,8 @@ from mri2mri.cli import main as cli_main
 from mri2mri.config import DataConfig, ModelConfig, RunConfig
 from mri2mri.data import png, preprocess
 from mri2mri.data.cache import SliceCache
-from mri2mri.data.io import Volume, read_volume
+from mri2mri.data.geometry import normalise
+from mri2mri.data.io import read_volume
 from mri2mri.errors import DataError
 from mri2mri.models import build_generator
 from mri2mri.predict import ContrastWarning, ModelInfo, predict_path, predict_volume
@@ -72,7 +73,7 @@ def save_oblique(path: Path, canonical: np.ndarray) -> Path:
 def expected_t2(stored: np.ndarray, percentiles=(0.5, 99.5)) -> tuple[np.ndarray, np.ndarray]:
     """(1 - normalised T1) and the brain mask, on the stored grid."""
     mask = stored != 0
-    t1_01, _, _ = portable.normalise(stored, mask, percentiles)
+    t1_01, _, _ = normalise(stored, mask, percentiles)
     return (1.0 - t1_01) * mask, mask
 
 
@@ -142,44 +143,7 @@ def leftovers(folder: Path) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# The NumPy preprocessing is training's preprocessing
-
-
-@pytest.mark.parametrize(
-    ("height", "width", "size"), [(50, 37, 32), (20, 24, 64), (240, 200, 64), (64, 64, 63)]
-)
-def test_resize_matches_torch_antialiased_bilinear(height, width, size):
-    stack = np.random.default_rng(0).random((2, 3, height, width)).astype(np.float32)
-    expected = F.interpolate(torch.from_numpy(stack), size=(size, size), mode="bilinear",
-                             align_corners=False, antialias=True).numpy()  # fmt: skip
-    np.testing.assert_allclose(portable.resize_bilinear(stack, size), expected, atol=1e-5)
-
-
-@pytest.mark.parametrize(("background", "context"), [("zero", 1), ("noisy", 0), ("noisy", 2)])
-def test_portable_volume_preparation_equals_preprocess(background, context):
-    t1, _ = brain_pair(seed=3)
-    if background == "noisy":  # no exact zeros: the Otsu head-mask branch
-        t1 = t1 + np.abs(np.random.default_rng(1).normal(5, 2, t1.shape)).astype(np.float32)
-    volume = Volume(
-        t1, np.diag([*SPACING, 1.0]), oblique_affine(), t1.shape[::-1], ("L", "P", "S"), "x.nii"
-    )
-    config = DataConfig(image_size=32, context_slices=context)
-    ours = portable.prepare_volume(volume, config)
-    theirs = preprocess.prepare_volume(volume, config)
-    np.testing.assert_allclose(ours.slices, theirs.slices, atol=1e-5)
-    np.testing.assert_array_equal(ours.mask, theirs.mask)
-    np.testing.assert_array_equal(ours.slice_indices, theirs.slice_indices)
-    assert ours.geometry == theirs.geometry and ours.norm == theirs.norm
-    np.testing.assert_array_equal(ours.full_mask, preprocess.brain_mask(t1))
-    slices = ours.slices[:, :1]
-    canonical = portable.slices_to_canonical(slices, ours.geometry, ours.slice_indices)
-    reference = preprocess.slices_to_volume(
-        slices, theirs.geometry, theirs.slice_indices, original=False
-    )
-    np.testing.assert_allclose(canonical, reference, atol=1e-5)
-    np.testing.assert_allclose(volume.to_original(canonical),
-                               preprocess.slices_to_volume(slices, theirs.geometry, theirs.slice_indices),
-                               atol=1e-5)  # fmt: skip
+# A 2D image is prepared as its training pairs were
 
 
 def test_portable_image_preparation_equals_png_pairs(tmp_path):

@@ -3,7 +3,8 @@
 The model is a PyTorch checkpoint (a ``.pth`` file or a run folder) or an exported ``.onnx``
 file. The ONNX route runs on onnxruntime and imports nothing from PyTorch, so a user can
 synthesise on a machine without it: every preprocessing step here is NumPy
-(:mod:`mri2mri.portable`, checked against :mod:`mri2mri.data.preprocess` by the tests).
+(:mod:`mri2mri.portable` and :mod:`mri2mri.data.geometry`, the functions training's
+:mod:`mri2mri.data.preprocess` uses too).
 
 A volume (NIfTI file or DICOM series folder) is processed exactly as training processed its
 source: reoriented to canonical RAS, brain-masked, normalised to [0, 1] by the run's
@@ -50,6 +51,7 @@ import numpy as np
 
 from mri2mri import __version__, portable
 from mri2mri.config import DataConfig, RunConfig
+from mri2mri.data.geometry import slices_to_volume, square_to_planes
 from mri2mri.data.io import is_image_2d, is_nifti, read_image_2d, read_volume
 from mri2mri.errors import ConfigError, DataError, UserError
 
@@ -256,7 +258,9 @@ def predict_volume(
     _check_channels(prepared, info, path)
     _warn_contrast(prepared, info)
     predicted = synthesise(run, prepared, batch_size)
-    canonical = portable.slices_to_canonical(predicted, prepared.geometry, prepared.slice_indices)
+    canonical = slices_to_volume(
+        predicted, prepared.geometry, prepared.slice_indices, original=False
+    )
     canonical *= prepared.full_mask
     data = volume.to_original(canonical)
     if data.shape != tuple(volume.original_shape):  # a broken inverse must never be written
@@ -272,7 +276,7 @@ def predict_image(run: Runner, info: ModelInfo, path: Path, *, batch_size: int =
     _check_channels(prepared, info, path)
     _warn_contrast(prepared, info)
     predicted = synthesise(run, prepared, batch_size)
-    return portable.square_to_planes(predicted, prepared.geometry)[0, 0] * prepared.full_mask
+    return square_to_planes(predicted, prepared.geometry)[0, 0] * prepared.full_mask
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,15 +21,9 @@ import numpy as np
 from mri2mri.config import DataConfig
 from mri2mri.data.cache import SPLITS, CacheWriter, SubjectRecord, SubjectSlices
 from mri2mri.data.discovery import canonical_contrast, contrast_of
+from mri2mri.data.geometry import image_geometry, image_mask, normalise, planes_to_square
 from mri2mri.data.io import is_image_2d, read_image_2d
-from mri2mri.data.preprocess import (
-    GEOMETRY_VERSION,
-    has_zero_background,
-    normalise,
-    planes_to_square,
-    say,
-    square_geometry,
-)
+from mri2mri.data.preprocess import say
 from mri2mri.errors import DataError
 
 
@@ -126,10 +120,7 @@ def image_pair_slices(pair: ImagePair, data_config: DataConfig) -> SubjectSlices
             f"{pair.target}: size {target.shape[1]}x{target.shape[0]} differs from its partner "
             f"{pair.source} ({source.shape[1]}x{source.shape[0]})"
         )
-    if has_zero_background(source) and has_zero_background(target):
-        mask = (source > 0) | (target > 0)
-    else:
-        mask = np.ones(source.shape, dtype=bool)
+    mask = image_mask(source, target)
     windows = {}
     for role, image, path in (("source", source, pair.source), ("target", target, pair.target)):
         try:
@@ -137,18 +128,9 @@ def image_pair_slices(pair: ImagePair, data_config: DataConfig) -> SubjectSlices
         except DataError as error:
             raise DataError(f"{path}: {error}") from None
 
-    height, width = source.shape
-    geometry = {
-        "version": GEOMETRY_VERSION,
-        "kind": "image",
-        "grid_file": str(pair.target),
-        **square_geometry(
-            (height, width),
-            [[0, height], [0, width]],
-            data_config.image_size,
-            data_config.context_slices,
-        ),
-    }
+    geometry = image_geometry(
+        source.shape, data_config.image_size, data_config.context_slices, str(pair.target)
+    )
     channels = data_config.in_channels
     source_planes = np.repeat(windows["source"][0][None, None], channels, axis=1)
     record = SubjectRecord(

@@ -1,44 +1,26 @@
 """From volumes on disk to a slice cache: grids, masks, normalisation, slices, split.
 
-The steps, each a small function that inference reuses to treat one volume exactly as training
-did:
+The steps, each a small function; the NumPy ones (2-4) live in :mod:`mri2mri.data.geometry`,
+which prediction (:mod:`mri2mri.portable`) uses too, so that it treats one volume exactly as
+training did, without PyTorch:
 
 1. :func:`same_grid` / :func:`register_rigid` / :func:`resample_to`: the source is put on the
    target's voxel grid (SimpleITK; rigid Mattes mutual information registration on request).
-2. :func:`brain_mask`: non-zero voxels when the background is exactly zero (skull-stripped
-   data), else an Otsu head mask with holes filled.
-3. :func:`normalise`: clip to percentiles of brain voxels, scale to [0, 1]; ``low``/``high`` are
-   kept so that :func:`denormalise` maps outputs back.
-4. :func:`select_slices`, :func:`plan_geometry`, :func:`volume_to_slices`: axial slices with
-   enough brain, cropped to the brain's bounding box, padded to a square, resized; and
-   :func:`slices_to_volume`, the exact inverse back onto the input file's grid.
+2. :func:`~mri2mri.data.geometry.brain_mask`: non-zero voxels when the background is exactly
+   zero (skull-stripped data), else an Otsu head mask with holes filled.
+3. :func:`~mri2mri.data.geometry.normalise`: clip to percentiles of brain voxels, scale to
+   [0, 1]; ``low``/``high`` are kept so that :func:`~mri2mri.data.geometry.denormalise` maps
+   outputs back.
+4. :func:`~mri2mri.data.geometry.select_slices`, :func:`~mri2mri.data.geometry.plan_geometry`,
+   :func:`~mri2mri.data.geometry.volume_to_slices`: axial slices with enough brain, cropped to
+   the brain's bounding box, padded to a square, resized; and
+   :func:`~mri2mri.data.geometry.slices_to_volume`, the exact inverse back onto the input
+   file's grid.
 5. :func:`split_subjects` and :func:`prepare`: split by subject, write the cache (or reuse it).
 
-The geometry dict (``SubjectRecord.geometry``; JSON, lists for arrays)::
-
-    version               1
-    kind                  "volume" (or "image" for a PNG pair, see mri2mri.data.png)
-    grid_file             the file whose voxel grid the slices live on (the target's)
-    original_shape        [X, Y, Z] of that file's array
-    original_affine       4x4 voxel -> RAS mm of that file
-    original_orientation  e.g. ["L", "P", "S"], the file's axis codes
-    canonical_shape       [I, J, K] after nibabel.as_closest_canonical (RAS+)
-    canonical_affine      4x4 of the canonical array
-    spacing               [di, dj, dk] mm
-    slice_axis            2 (axial slices are canonical[:, :, k])
-    plane                 "rot90": a slice image is np.rot90(canonical[:, :, k]): rows run
-                          anterior (top) to posterior, columns from the patient's left to right
-                          (neurological view); image shape = plane_shape = [J, I]
-    plane_shape           [H, W] of the full slice image
-    crop                  [[row0, row1], [col0, col1]] kept region of the slice image
-    pad                   [[top, bottom], [left, right]] zeros added to make it square
-    padded_size           P, side of the square before resizing
-    image_size            S, side of the cached slices (bilinear, antialiased P -> S)
-    context_slices        k: channels are slices k-c ... k+c, clamped at the volume's ends
-    registration          None, or {"metric": "mattes_mutual_information",
-                          "final_metric_value": ..., "iterations": ..., "rotation_rad": [...],
-                          "translation_mm_ras": [...], "resampled": true}
-    resampled             whether the source was resampled onto the target grid
+The geometry dict (``SubjectRecord.geometry``: grid file, original and canonical shape and
+affine, crop, pad, sizes, registration) is documented at the top of
+:mod:`mri2mri.data.geometry`, beside the code that writes and inverts it.
 """
 
 from __future__ import annotations
@@ -47,28 +29,26 @@ import dataclasses
 import hashlib
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from scipy import ndimage
 
 from mri2mri.config import DataConfig
 from mri2mri.data.cache import CacheWriter, SliceCache, SubjectRecord, SubjectSlices, is_cache
 from mri2mri.data.discovery import SubjectPair, canonical_contrast, discover_pairs
-from mri2mri.data.io import Volume, canonical_to_original, read_volume
+from mri2mri.data.geometry import (
+    brain_mask,
+    normalise,
+    plan_geometry,
+    select_slices,
+    volume_to_slices,
+)
+from mri2mri.data.io import Volume, read_volume
 from mri2mri.errors import DataError
 
-GEOMETRY_VERSION = 1
 # Bump when the slices a given input produces change, so old caches are not reused.
 PREPROCESS_VERSION = 1
-# Voxels of margin kept around the brain's bounding box when cropping.
-CROP_MARGIN = 4
-# A volume whose voxels are exactly zero at least this often has a stripped (zero) background.
-ZERO_BACKGROUND_FRACTION = 0.1
 # DataConfig fields that change the slices or the split (augment does not).
 SLICE_FIELDS = (
     "source",
@@ -193,272 +173,7 @@ def register_rigid(fixed: Volume, moving: Volume, *, seed: int = 0, iterations: 
 
 
 # --------------------------------------------------------------------------------------------
-# 2-3. Brain mask and intensity normalisation
-
-
-def has_zero_background(volume: np.ndarray) -> bool:
-    """Skull-stripped data: a sizeable share of voxels is exactly zero."""
-    return float(np.count_nonzero(volume == 0)) >= ZERO_BACKGROUND_FRACTION * volume.size
-
-
-def brain_mask(*volumes: np.ndarray) -> np.ndarray:
-    """Boolean brain (or head) mask of co-registered volumes on one grid.
-
-    When every volume has an exactly-zero background: voxels non-zero in any of them
-    (``T1 != 0 | T2 != 0``). Otherwise: an Otsu threshold per volume, united, holes filled in
-    each axial slice, and the largest connected component kept (a head mask).
-    """
-    if not volumes:
-        raise ValueError("brain_mask needs at least one volume")
-    if all(has_zero_background(v) for v in volumes):
-        mask = np.zeros(volumes[0].shape, dtype=bool)
-        for volume in volumes:
-            mask |= volume != 0
-        return mask
-    mask = np.zeros(volumes[0].shape, dtype=bool)
-    for volume in volumes:
-        if np.ptp(volume) > 0:
-            mask |= volume > otsu_threshold(volume)
-    in_plane = np.zeros((3, 3, 3), dtype=bool)
-    in_plane[:, :, 1] = ndimage.generate_binary_structure(2, 1)
-    mask = ndimage.binary_fill_holes(mask, structure=in_plane)
-    labels, count = ndimage.label(mask)
-    if count > 1:
-        sizes = np.bincount(labels.ravel())
-        sizes[0] = 0
-        mask = labels == int(np.argmax(sizes))
-    return mask
-
-
-def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold: the histogram cut that maximises the between-class variance."""
-    counts, edges = np.histogram(values, bins=bins)
-    centres = (edges[:-1] + edges[1:]) / 2
-    weight_low = np.cumsum(counts)
-    weight_high = weight_low[-1] - weight_low
-    sum_low = np.cumsum(counts * centres)
-    mean_low = sum_low / np.maximum(weight_low, 1)
-    mean_high = (sum_low[-1] - sum_low) / np.maximum(weight_high, 1)
-    between = weight_low * weight_high * (mean_low - mean_high) ** 2
-    return float(centres[int(np.argmax(between[:-1]))])
-
-
-def normalise(
-    volume: np.ndarray, mask: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)
-) -> tuple[np.ndarray, float, float]:
-    """Clip to the given percentiles of the masked voxels and scale to [0, 1].
-
-    Returns ``(array01, low, high)``; :func:`denormalise` with the same ``low, high`` maps back.
-    Raises :class:`DataError` when the mask is empty or the window has zero width.
-    """
-    values = volume[mask]
-    if values.size == 0:
-        raise DataError("empty brain mask: no voxel to normalise on")
-    low, high = (float(v) for v in np.percentile(values, percentiles))
-    if not high > low:
-        raise DataError(f"constant intensity {low:g} inside the brain mask")
-    scaled = (volume.astype(np.float32) - np.float32(low)) / np.float32(high - low)
-    return np.clip(scaled, 0.0, 1.0, out=scaled), low, high
-
-
-def denormalise(array01: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Inverse of :func:`normalise` inside the window: [0, 1] -> [low, high]."""
-    return np.asarray(array01, dtype=np.float32) * np.float32(high - low) + np.float32(low)
-
-
-# --------------------------------------------------------------------------------------------
-# 4. Slices: selection, geometry, forward and inverse
-
-
-def select_slices(mask: np.ndarray, min_brain_fraction: float) -> np.ndarray:
-    """Indices k of axial slices ``mask[:, :, k]`` with at least that fraction of brain pixels."""
-    fraction = mask.reshape(-1, mask.shape[2]).mean(axis=0)
-    return np.flatnonzero(fraction >= min_brain_fraction)
-
-
-def plan_geometry(
-    mask: np.ndarray,
-    image_size: int,
-    *,
-    reference: Volume,
-    context_slices: int = 0,
-    margin: int = CROP_MARGIN,
-) -> dict[str, Any]:
-    """The geometry dict (module docstring) for volumes on ``reference``'s canonical grid.
-
-    The crop is the bounding box of the mask over all slices, plus ``margin`` voxels, so every
-    slice of a subject shares one crop and one scale.
-    """
-    plane_mask = np.rot90(mask.any(axis=2))  # (J, I): the slice image's view
-    height, width = plane_mask.shape
-    rows, cols = np.flatnonzero(plane_mask.any(axis=1)), np.flatnonzero(plane_mask.any(axis=0))
-    if rows.size == 0:
-        crop = [[0, height], [0, width]]
-    else:
-        crop = [
-            [max(int(rows[0]) - margin, 0), min(int(rows[-1]) + 1 + margin, height)],
-            [max(int(cols[0]) - margin, 0), min(int(cols[-1]) + 1 + margin, width)],
-        ]
-    geometry = {
-        "version": GEOMETRY_VERSION,
-        "kind": "volume",
-        "grid_file": reference.path,
-        "original_shape": list(reference.original_shape),
-        "original_affine": np.asarray(reference.original_affine).tolist(),
-        "original_orientation": list(reference.original_orientation),
-        "canonical_shape": list(reference.data.shape),
-        "canonical_affine": np.asarray(reference.affine).tolist(),
-        "spacing": list(reference.spacing),
-        "slice_axis": 2,
-        "plane": "rot90",
-        "registration": None,
-        "resampled": False,
-    }
-    geometry.update(square_geometry((height, width), crop, image_size, context_slices))
-    return geometry
-
-
-def square_geometry(plane_shape, crop, image_size: int, context_slices: int = 0) -> dict[str, Any]:
-    """Crop, pad-to-square and resize entries of the geometry dict for one plane shape."""
-    crop_height = crop[0][1] - crop[0][0]
-    crop_width = crop[1][1] - crop[1][0]
-    side = max(crop_height, crop_width)
-    top, left = (side - crop_height) // 2, (side - crop_width) // 2
-    return {
-        "plane_shape": [int(plane_shape[0]), int(plane_shape[1])],
-        "crop": [[int(v) for v in crop[0]], [int(v) for v in crop[1]]],
-        "pad": [[top, side - crop_height - top], [left, side - crop_width - left]],
-        "padded_size": int(side),
-        "image_size": int(image_size),
-        "context_slices": int(context_slices),
-    }
-
-
-def planes_to_square(planes: np.ndarray, geometry: dict[str, Any]) -> np.ndarray:
-    """(n, C, H, W) full slice images -> (n, C, S, S): crop, zero-pad to square, resize."""
-    (r0, r1), (c0, c1) = geometry["crop"]
-    (top, bottom), (left, right) = geometry["pad"]
-    cropped = planes[:, :, r0:r1, c0:c1]
-    padded = np.pad(cropped, ((0, 0), (0, 0), (top, bottom), (left, right)))
-    return _resize(padded, geometry["image_size"])
-
-
-def square_to_planes(
-    squares: np.ndarray, geometry: dict[str, Any], *, fill: float = 0.0
-) -> np.ndarray:
-    """Inverse of :func:`planes_to_square`: (n, C, S, S) -> (n, C, H, W), ``fill`` outside the crop."""
-    (r0, r1), (c0, c1) = geometry["crop"]
-    (top, _), (left, _) = geometry["pad"]
-    padded = _resize(squares, geometry["padded_size"])
-    inner = padded[:, :, top : top + (r1 - r0), left : left + (c1 - c0)]
-    height, width = geometry["plane_shape"]
-    planes = np.full((*squares.shape[:2], height, width), fill, dtype=np.float32)
-    planes[:, :, r0:r1, c0:c1] = inner
-    return planes
-
-
-def _resize(stack: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear resize of (n, C, h, w) to (n, C, size, size), antialiased when shrinking."""
-    stack = np.require(
-        stack, np.float32, ["C_CONTIGUOUS", "WRITEABLE"]
-    )  # torch wants writable memory
-    if stack.shape[-2:] == (size, size) or stack.shape[0] == 0:
-        return stack
-    resized = F.interpolate(
-        torch.from_numpy(stack),
-        size=(size, size),
-        mode="bilinear",
-        align_corners=False,
-        antialias=True,
-    )
-    # The antialiasing filter is a convex combination: clip its float rounding to the input range.
-    return resized.clamp_(float(stack.min()), float(stack.max())).numpy()
-
-
-def volume_to_slices(
-    data: np.ndarray, geometry: dict[str, Any], slice_indices: np.ndarray, context_slices: int = 0
-) -> np.ndarray:
-    """Canonical volume (I, J, K) -> (n, 2c+1, S, S) slice stacks at ``slice_indices``.
-
-    Channel ``j`` of row ``n`` is slice ``slice_indices[n] - c + j``, clamped to the volume
-    (edge replication); channels are in slice order (inferior first).
-    """
-    offsets = np.arange(-context_slices, context_slices + 1)
-    indices = np.clip(np.asarray(slice_indices)[:, None] + offsets[None, :], 0, data.shape[2] - 1)
-    planes = np.rot90(data, 1, axes=(0, 1))  # (J, I, K): slice images
-    stacks = planes[:, :, indices].transpose(2, 3, 0, 1)  # (n, C, J, I)
-    return planes_to_square(stacks, geometry)
-
-
-def slices_to_volume(
-    slices: np.ndarray,
-    geometry: dict[str, Any],
-    slice_indices: np.ndarray,
-    *,
-    fill: float = 0.0,
-    original: bool = True,
-) -> np.ndarray:
-    """Put (n, S, S) or (n, 1, S, S) slices back into a volume: the inverse of slicing.
-
-    Undoes resize, pad and crop, places each slice at its index (other slices get ``fill``),
-    and, when ``original``, reorients to the axis order of the file named by
-    ``geometry["grid_file"]``; that volume's affine is ``geometry["original_affine"]``
-    (``geometry["canonical_affine"]`` when ``original`` is False).
-    """
-    slices = np.asarray(slices, dtype=np.float32)
-    if slices.ndim == 3:
-        slices = slices[:, None]
-    planes = square_to_planes(slices[:, :1], geometry, fill=fill)[:, 0]  # (n, J, I)
-    height, width = geometry["plane_shape"]
-    depth = geometry["canonical_shape"][2]
-    stacked = np.full((height, width, depth), fill, dtype=np.float32)
-    stacked[:, :, np.asarray(slice_indices, dtype=np.int64)] = planes.transpose(1, 2, 0)
-    canonical = np.ascontiguousarray(np.rot90(stacked, -1, axes=(0, 1)))  # (I, J, K)
-    if not original:
-        return canonical
-    return canonical_to_original(canonical, np.asarray(geometry["original_affine"]))
-
-
-# --------------------------------------------------------------------------------------------
-# One volume for inference, one subject for the cache
-
-
-@dataclass
-class PreparedVolume:
-    """One volume processed as training did, for inference."""
-
-    slices: np.ndarray  # (n, C, S, S) float32 in [0, 1]
-    mask: np.ndarray  # (n, 1, S, S) bool
-    slice_indices: np.ndarray  # (n,) axial indices in the canonical volume
-    geometry: dict[str, Any]
-    norm: dict[str, float]  # {"low": ..., "high": ...}
-
-
-def prepare_volume(
-    volume: Volume, data_config: DataConfig, *, all_slices: bool = True
-) -> PreparedVolume:
-    """Mask, normalise and slice one source volume (no target) exactly like :func:`prepare`.
-
-    With ``all_slices`` every axial slice is returned, so that :func:`slices_to_volume` can
-    rebuild the whole volume; otherwise only the slices with enough brain.
-    """
-    _check_not_constant(volume, "volume")
-    mask = brain_mask(volume.data)
-    data01, low, high = _normalise_named(volume, volume.data, mask, data_config.percentiles)
-    if all_slices:
-        indices = np.arange(volume.data.shape[2])
-    else:
-        indices = select_slices(mask, data_config.min_brain_fraction)
-    geometry = plan_geometry(
-        mask, data_config.image_size, reference=volume, context_slices=data_config.context_slices
-    )
-    return PreparedVolume(
-        slices=volume_to_slices(data01, geometry, indices, data_config.context_slices),
-        mask=volume_to_slices(mask.astype(np.float32), geometry, indices) >= 0.5,
-        slice_indices=indices,
-        geometry=geometry,
-        norm={"low": low, "high": high},
-    )
+# 2-4. One subject for the cache: align, then mask, normalise and slice (data.geometry)
 
 
 def prepare_subject(pair: SubjectPair, data_config: DataConfig) -> SubjectSlices:
