@@ -18,7 +18,7 @@ from mri2mri.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 
-TRAIN_ARGS = ["--epochs", "4", "--batch-size", "4", "--base-channels", "8", "--dropout", "0",
+TRAIN_ARGS = ["--epochs", "150", "--batch-size", "4", "--base-channels", "8", "--dropout", "0",
               "--device", "cpu", "--seed", "5", "--quiet", "--checkpoint-every", "1"]  # fmt: skip
 
 
@@ -57,7 +57,7 @@ def test_sigkill_at_random_moments_then_resume_ends_with_the_same_weights(cache,
         process = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         if kills < 4:
             # Python and torch take a couple of seconds to import; kill during training or saving.
-            time.sleep(rng.uniform(2.0, 5.0))
+            time.sleep(rng.uniform(2.5, 6.0))
             if process.poll() is None:
                 process.send_signal(signal.SIGKILL)
                 kills += 1
@@ -77,7 +77,7 @@ def test_sigkill_at_random_moments_then_resume_ends_with_the_same_weights(cache,
 def test_sigterm_stops_cleanly_with_a_checkpoint_and_says_how_to_resume(cache, tmp_path):
     run = tmp_path / "run"
     command = _command(cache, run)
-    command[command.index("4")] = "200"  # long enough to be stopped
+    command[command.index("150")] = "5000"  # long enough to be stopped
     process = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
     while not (run / "checkpoints" / "gan_t1_to_t2_last.pth").exists() and time.time() < deadline:

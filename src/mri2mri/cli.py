@@ -45,8 +45,10 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
     model, train = DEFAULTS.model, DEFAULTS.train
     group = parser.add_argument_group("model")
-    group.add_argument("--generator", default=model.generator)
-    group.add_argument("--discriminator", default=model.discriminator)
+    group.add_argument("--generator", default=model.generator,
+                       help="basic, unet (the report's), resnet9, unet256 (pix2pix)")  # fmt: skip
+    group.add_argument("--discriminator", default=model.discriminator,
+                       help="basic (the report's PatchGAN), patch70, multiscale")  # fmt: skip
     group.add_argument("--base-channels", type=int, default=model.base_channels)
     group.add_argument("--norm", default=model.norm, help="batch, instance or none")
     group.add_argument("--dropout", type=float, default=model.dropout)
@@ -76,7 +78,8 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=train.seed)
     group.add_argument("--device", default=train.device, help="auto, cpu, cuda or mps")
     group.add_argument("--precision", default=train.precision, help="fp32, bf16 or fp16")
-    group.add_argument("--channels-last", action="store_true")
+    group.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=train.channels_last,
+                       help="NHWC memory format (default on: faster convolutions on CPUs and GPUs)")  # fmt: skip
     group.add_argument("--compile", action="store_true")
     group.add_argument("--num-workers", type=int, default=train.num_workers)
     group.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
@@ -206,9 +209,24 @@ def _prepare_for_run(data: Path, config: RunConfig, cache: Path | None, run_dir:
     return ensure_cache(data, config.data, cache or run_dir / "cache")
 
 
+def _rank() -> int:
+    """This process's rank under torchrun (0 otherwise)."""
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    import os
+
     from mri2mri.data.cache import SliceCache, is_cache
     from mri2mri.training import train
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_cache(args.data):
+        raise UserError(
+            f"{args.data}: under torchrun, train on a prepared cache (`mri2mri prepare DATA --out CACHE` "
+            "first) so that the processes do not all prepare the data at once"
+        )
 
     run_dir = args.out
     image_size = args.image_size
@@ -221,6 +239,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cache = _prepare_for_run(args.data, config, args.cache, run_dir, args.quiet)
     result = train(config, cache, run_dir, resume=args.resume, progress=not args.quiet,
                    checkpoint_every=args.checkpoint_every)  # fmt: skip
+    if _rank() != 0:
+        return 0
     _copy_split(cache, run_dir)
     how = "time budget reached" if result.stopped_by_budget else "done"
     print(f"training {how}: {result.epochs_done} epochs, {result.global_step} steps, "

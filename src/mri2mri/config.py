@@ -81,7 +81,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"
-    channels_last: bool = False
+    channels_last: bool = True  # NHWC: ~1.15x training, ~1.4x inference on a CPU (oneDNN), tensor cores on a GPU
     compile: bool = False
     num_workers: int = 0
     time_budget: float | None = None  # seconds of training wall time, then stop cleanly

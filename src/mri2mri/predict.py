@@ -163,8 +163,9 @@ def load_torch_model(
     from mri2mri.runtime import setup_runtime
 
     path = find_checkpoint(checkpoint, "best")
-    runtime = setup_runtime(device, precision)
+    runtime = setup_runtime(device, precision, channels_last=True)  # NHWC: faster convolutions
     G, config, payload = load_generator(path, runtime.device)
+    G = runtime.prepare_module(G)
     reference = payload.get("source_reference")
     if not isinstance(reference, dict):
         reference = reference_from_run(run_folder_of(path), config)

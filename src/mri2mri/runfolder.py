@@ -79,6 +79,10 @@ class RunFolder:
     def make(self) -> RunFolder:
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         self.figures.mkdir(parents=True, exist_ok=True)
+        # Temporary files of a writer that was killed mid-write (SIGKILL, power loss): the
+        # checkpoint it was replacing is intact, so they are garbage.
+        for leftover in self.checkpoints.glob(".*.tmp"):
+            leftover.unlink(missing_ok=True)
         return self
 
 

@@ -96,10 +96,18 @@ def check_precision(precision: str, device: torch.device) -> str:
         raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision == "fp16" and device.type == "cpu":
         raise ConfigError("--precision fp16 needs a GPU; use fp32 (or bf16 on a CPU with native bf16)")
-    if precision == "bf16" and device.type == "cpu":
-        # Without native bf16 (AVX512-BF16/AMX) a CPU emulates it, many times slower than fp32.
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
+        # Without AVX-512 (or Arm bf16) oneDNN has no bf16 kernels: many times slower than fp32.
         warnings.warn("bf16 on this CPU is emulated and usually much slower than fp32", stacklevel=2)
     return precision
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether oneDNN has vectorised bf16 kernels for this CPU (AVX-512 cores, AMX, Arm bf16)."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a private probe: absent from some builds
+        return False
 
 
 def setup_runtime(
@@ -116,6 +124,10 @@ def setup_runtime(
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if resolved.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
+    if world_size > 1 and resolved.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        # Processes on one machine share its cores: more threads than cores make them all crawl.
+        local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        torch.set_num_threads(max(1, _available_cores() // local_world_size))
     if resolved.type == "cuda":
         # TF32 matmuls: same convergence for conv nets, several times faster on Ampere+.
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -131,6 +143,12 @@ def setup_runtime(
     )
 
 
+def _available_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def teardown(runtime: Runtime) -> None:
     if runtime.distributed and dist.is_initialized():
         dist.destroy_process_group()
@@ -144,14 +162,60 @@ def seed_everything(seed: int) -> None:
 
 
 def maybe_compile(module: torch.nn.Module, enabled: bool) -> torch.nn.Module:
-    """``torch.compile`` when asked, falling back to eager with a message when unsupported."""
+    """``torch.compile`` when asked, falling back to eager with a message when unsupported.
+
+    Compilation happens at the first call, not here, so the fallback is decided there too:
+    see :class:`CompiledOrEager`.
+    """
     if not enabled:
         return module
     try:
-        return torch.compile(module)
+        return CompiledOrEager(module)
     except Exception as error:  # compile support varies by platform and Python version
         warnings.warn(f"torch.compile is not available here ({error}); running eagerly", stacklevel=2)
         return module
+
+
+class CompiledOrEager(torch.nn.Module):
+    """Runs ``torch.compile(module)``; if compiling fails at the first call (no C++ compiler,
+    an unsupported GPU or platform), says so once and runs ``module`` eagerly from then on.
+
+    Only ``module`` is a registered child, so parameters, ``train()`` and ``state_dict()`` are
+    the module's own.
+    """
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+        self.__dict__["compiled"] = torch.compile(module)  # not a child: no duplicate parameters
+        self.checked = False
+
+    def forward(self, *args, **kwargs):
+        if self.compiled is None:
+            return self.module(*args, **kwargs)
+        if self.checked:
+            return self.compiled(*args, **kwargs)
+        try:
+            out = self.compiled(*args, **kwargs)
+        except Exception as error:  # a genuine error in the module raises again below
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            warnings.warn(f"torch.compile failed ({first_line}); running eagerly", stacklevel=2)
+            self.__dict__["compiled"] = None
+            return self.module(*args, **kwargs)
+        self.checked = True
+        return out
+
+
+def sync_batchnorm(module: torch.nn.Module, runtime: Runtime) -> torch.nn.Module:
+    """Batch norm over the global batch when distributed: ``nn.SyncBatchNorm`` on GPUs, where
+    its fused kernels run, and ``GlobalBatchNorm2d`` elsewhere (SyncBatchNorm is GPU-only)."""
+    if not runtime.distributed:
+        return module
+    if runtime.device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    from mri2mri.sync_batchnorm import convert_global_batchnorm
+
+    return convert_global_batchnorm(module)
 
 
 def barrier(runtime: Runtime) -> None:

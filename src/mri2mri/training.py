@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from mri2mri import losses
@@ -137,8 +137,10 @@ def build_networks(config: RunConfig, runtime: Runtime) -> Networks:
         G, D = sync_batchnorm(G, runtime), sync_batchnorm(D, runtime)
     G, D = runtime.prepare_module(G), runtime.prepare_module(D)
     betas = (train.beta1, train.beta2)
-    opt_G = torch.optim.Adam(G.parameters(), lr=train.lr, betas=betas)
-    opt_D = torch.optim.Adam(D.parameters(), lr=train.lr, betas=betas)
+    # Fused Adam updates every tensor in one kernel (a dozen small ones each otherwise).
+    fused = runtime.device.type in ("cpu", "cuda")
+    opt_G = torch.optim.Adam(G.parameters(), lr=train.lr, betas=betas, fused=fused)
+    opt_D = torch.optim.Adam(D.parameters(), lr=train.lr, betas=betas, fused=fused)
     decay = _linear_decay(train.epochs, train.lr_decay_epochs)
     objective: nn.Module = DiscriminatorObjective(D, train.gan_loss, train.lambda_gp)
     G_train: nn.Module = G
@@ -296,6 +298,32 @@ def epoch_batches(
     ]
 
 
+class EpochBatchSampler(Sampler[list[int]]):
+    """This rank's :func:`epoch_batches`, for one DataLoader kept for the whole run.
+
+    Call ``set_epoch(epoch, start_step)`` before each pass: a DataLoader asks its batch sampler
+    for a new iterator at every pass, so persistent worker processes (started once, not once per
+    epoch) still serve every epoch in its own deterministic order.
+    """
+
+    def __init__(self, n_samples: int, batch_size: int, seed: int, steps_per_epoch: int,
+                 rank: int = 0, world_size: int = 1):  # fmt: skip
+        self.n_samples, self.batch_size, self.seed = n_samples, batch_size, seed
+        self.steps_per_epoch, self.rank, self.world_size = steps_per_epoch, rank, world_size
+        self.epoch = self.start_step = 0
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.epoch, self.start_step = epoch, start_step
+
+    def __len__(self) -> int:
+        return max(self.steps_per_epoch - self.start_step, 0)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = epoch_batches(self.n_samples, self.batch_size, self.seed, self.epoch,
+                                self.start_step, self.rank, self.world_size)  # fmt: skip
+        return iter(batches[: len(self)])
+
+
 class EpochIndexed(Dataset[Sample]):
     """Serves ``epoch * n + i`` as sample ``i``, seeding its augmentation from (seed, epoch, i).
 
@@ -320,6 +348,12 @@ class EpochIndexed(Dataset[Sample]):
 
 def _step_seed(seed: int, global_step: int, rank: int) -> int:
     return ((seed * 1_000_003 + global_step) * 1024 + rank) % 2**63
+
+
+def _augment_seed(seed: int, global_step: int) -> int:
+    """One seed for the whole global batch (every rank draws it, keeps its rows), distinct from
+    every rank's step seed."""
+    return _step_seed(seed, global_step, 1023)
 
 
 # --------------------------------------------------------------------------------------------
@@ -401,7 +435,7 @@ def _train(
     cache = SliceCache(cache_dir)
     config = _reconcile(config, cache)
     check_image_size(config.model, cache.image_size[0])
-    train_set = SliceDataset(cache, "train", transform=_augmentation(config))
+    train_set = SliceDataset(cache, "train", transform=_augmentation(config, runtime))
     val_set = SliceDataset(cache, "val")
     if len(train_set) == 0:
         raise UserError(f"{cache_dir}: the train split has no slices")
@@ -410,8 +444,8 @@ def _train(
     folder = RunFolder(run_dir, config.train.run_name)
     lock = RunLock(folder.lock)
     if runtime.is_main:
+        lock.acquire()  # first: make() clears leftovers, which must not be an active run's
         folder.make()
-        lock.acquire()
     try:
         seed_everything(config.train.seed)  # same initial weights on every rank and every run
         nets = build_networks(config, runtime)
@@ -439,12 +473,26 @@ def _reconcile(config: RunConfig, cache: SliceCache) -> RunConfig:
     return replace(config, model=model, data=data)
 
 
-def _augmentation(config: RunConfig):
-    if not config.data.augment:
+def _augmentation(config: RunConfig, runtime: Runtime):
+    """Per-sample (TorchIO) augmentation in the data loader, unless it runs on the device."""
+    if not config.data.augment or _augment_on_device(runtime):
         return None
     from mri2mri.data.augment import build_augmentation
 
     return build_augmentation(config.data)
+
+
+def _augment_on_device(runtime: Runtime) -> bool:
+    """On a GPU the same transforms run batched on the device: per-sample CPU work would starve it."""
+    return runtime.device.type == "cuda"
+
+
+def _device_augmentation(config: RunConfig, runtime: Runtime):
+    if not (config.data.augment and _augment_on_device(runtime)):
+        return None
+    from mri2mri.data.gpu_augment import BatchAugmentation
+
+    return BatchAugmentation()
 
 
 def _effective_batch(batch_size: int, n_samples: int, world_size: int) -> int:
@@ -468,15 +516,15 @@ def _loop(
     steps_per_epoch = len(train_set) // batch_size
     if train.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, train.max_steps_per_epoch)
+    sampler = EpochBatchSampler(len(train_set), batch_size, train.seed, steps_per_epoch,
+                                runtime.rank, runtime.world_size)  # fmt: skip
+    loader = make_train_loader(indexed, sampler, train.num_workers, runtime)
+    device_augmentation = _device_augmentation(config, runtime)
     history: list[dict[str, Any]] = []
     bad_in_a_row = 0
     with _StopFlag() as stop:
         while state.epoch < train.epochs:
-            batches = epoch_batches(len(train_set), batch_size, train.seed, state.epoch,
-                                    state.step_in_epoch, runtime.rank, runtime.world_size)[
-                : max(steps_per_epoch - state.step_in_epoch, 0)
-            ]  # fmt: skip
-            loader = _loader(indexed, batches, train.num_workers, runtime)
+            sampler.set_epoch(state.epoch, state.step_in_epoch)
             bar = tqdm(
                 total=steps_per_epoch, initial=state.step_in_epoch, unit="step", dynamic_ncols=True,
                 desc=f"epoch {state.epoch + 1}/{train.epochs}", disable=not (show_progress and runtime.is_main),
@@ -491,6 +539,12 @@ def _loop(
                 torch.manual_seed(_step_seed(train.seed, state.global_step, runtime.rank))
                 source = runtime.to_device(batch.source)
                 target = runtime.to_device(batch.target)
+                if device_augmentation is not None:
+                    source, target, _ = device_augmentation(
+                        source, target, seed=_augment_seed(train.seed, state.global_step),
+                        rank=runtime.rank, world_size=runtime.world_size,
+                    )  # fmt: skip
+                    source, target = runtime.to_device(source), runtime.to_device(target)
                 result = gan_step(nets, source, target, config, runtime)
                 images = source.shape[0] * runtime.world_size
                 _account(state, result, images, time.perf_counter() - step_start)
@@ -563,14 +617,16 @@ def _agreed(flag: bool, runtime: Runtime) -> bool:
     return bool(value.item() > 0)
 
 
-def _loader(dataset: Dataset, batches: list[list[int]], workers: int, runtime: Runtime) -> DataLoader:
-    on_gpu = runtime.device.type == "cuda"
+def make_train_loader(
+    dataset: Dataset, sampler: EpochBatchSampler, workers: int, runtime: Runtime
+) -> DataLoader:
+    """One loader for the whole run: its workers persist, the sampler sets each epoch's order."""
     return DataLoader(
         dataset,
-        batch_sampler=batches,
+        batch_sampler=sampler,
         num_workers=workers,
-        pin_memory=on_gpu,
-        persistent_workers=False,  # one loader per epoch: its batch list is the epoch's order
+        pin_memory=runtime.device.type == "cuda",  # page-locked batches copy asynchronously
+        persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
     )
 
@@ -699,6 +755,8 @@ def _restore(folder: RunFolder, nets: Networks, config: RunConfig, runtime: Runt
     nets.D.load_state_dict(payload["D"])
     nets.opt_G.load_state_dict(payload["opt_G"])
     nets.opt_D.load_state_dict(payload["opt_D"])
+    _match_parameter_layouts(nets.opt_G)
+    _match_parameter_layouts(nets.opt_D)
     nets.sched_G.load_state_dict(payload["sched_G"])
     nets.sched_D.load_state_dict(payload["sched_D"])
     nets.scaler.load_state_dict(payload["scaler"])
@@ -708,6 +766,20 @@ def _restore(folder: RunFolder, nets: Networks, config: RunConfig, runtime: Runt
     if runtime.is_main:
         _truncate_history(folder.history, state.epoch)
     return state
+
+
+def _match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give every optimiser state tensor its parameter's memory layout (channels_last or not).
+
+    Fused Adam silently computes wrong updates when a state tensor's strides differ from its
+    parameter's (PyTorch 2.13), as after resuming with another memory format.
+    """
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def _start_history(path: Path) -> None:
@@ -763,6 +835,8 @@ def _finish(folder: RunFolder, nets: Networks, config: RunConfig, state: Progres
     folder.summary.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     from mri2mri import figures
 
+    if not read_history(folder.history):
+        return  # stopped before the first history row: no curve to draw yet
     try:
         figures.plot_loss_curve(folder.history, folder.figures / "loss_curve.png", lang=config.train.lang)
         figures.plot_validation_curves(folder.history, folder.figures / "validation_curves.png", lang=config.train.lang)

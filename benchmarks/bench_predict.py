@@ -1,0 +1,174 @@
+"""Inference throughput (slices/s) per generator: per-slice plain inference against batched inference.
+
+``plain`` is inference as the lab report writes it: the model in eval mode and its default
+memory format, ``torch.no_grad()``, one slice at a time, each result copied back to NumPy.
+
+``optimised`` is the library's way: ``torch.inference_mode()``, batches of ``--batch-size``
+slices (8 on a CPU, 64 on a GPU), the model and input in channels_last, and bf16 autocast on a GPU (``--compile`` adds
+torch.compile). ``--variants`` adds more settings to the same run, e.g. ``fp32,fp32+cl,bf16+cl``.
+Untrained weights: speed does not depend on them. Timing is interleaved (see ``_common.py``).
+Writes benchmarks/results/bench_predict.json and prints a table.
+
+    python benchmarks/bench_predict.py                # 128 px, every generator
+    python benchmarks/bench_predict.py --quick        # smoke test, seconds
+    python benchmarks/bench_predict.py --device cuda --size 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from _common import format_table, interleaved_rates, machine, summarise, warm_up, write_results
+
+from mri2mri.config import ModelConfig
+from mri2mri.models import GENERATORS, build_generator, minimum_image_size
+from mri2mri.runtime import Runtime, maybe_compile, resolve_device, setup_runtime
+
+Run = Callable[[], None]
+
+
+def plain_report_inference(G: torch.nn.Module, slices: torch.Tensor, device: torch.device) -> Run:
+    """One slice at a time under no_grad, as the report's test loop does."""
+    G = G.to(device).eval()
+
+    def run() -> None:
+        outputs = []
+        with torch.no_grad():
+            for index in range(slices.shape[0]):
+                fake = G(slices[index].unsqueeze(0).to(device))
+                outputs.append(fake.squeeze(0).cpu().numpy())
+
+    return run
+
+
+def library_inference(
+    variant: str, G: torch.nn.Module, slices: torch.Tensor, device: torch.device, batch_size: int
+) -> Run:
+    """Batched inference under a variant such as ``fp32``, ``fp32+cl``, ``bf16+cl+compile``."""
+    parts = variant.split("+")
+    runtime = Runtime(device=device, precision=parts[0], channels_last="cl" in parts)
+    G = maybe_compile(runtime.prepare_module(G).eval(), "compile" in parts)
+    out = np.empty((slices.shape[0], 1, *slices.shape[2:]), dtype=np.float32)
+
+    def run() -> None:
+        with torch.inference_mode(), runtime.autocast():
+            for start in range(0, slices.shape[0], batch_size):
+                fake = G(runtime.to_device(slices[start : start + batch_size]))
+                out[start : start + batch_size] = fake.float().cpu().numpy()
+
+    return run
+
+
+def default_variant(device: torch.device, compile_model: bool) -> str:
+    parts = ["bf16" if device.type == "cuda" else "fp32", "cl"]
+    return "+".join(parts + (["compile"] if compile_model else []))
+
+
+def valid_size(model: ModelConfig, size: int) -> int:
+    stride = GENERATORS[model.generator].total_stride
+    return max(minimum_image_size(model), -(-size // stride) * stride)
+
+
+def measure(name: str, args: argparse.Namespace, device: torch.device, variants: list[str]) -> dict:
+    model = ModelConfig(generator=name, base_channels=args.base_channels)
+    size = valid_size(model, args.size)
+    generator = torch.Generator().manual_seed(0)
+    slices = torch.rand(args.slices, 1, size, size, generator=generator) * 2 - 1
+    torch.manual_seed(0)
+    weights = build_generator(model).state_dict()
+
+    def fresh() -> torch.nn.Module:  # each variant its own copy: memory formats differ
+        G = build_generator(model)
+        G.load_state_dict(weights)
+        return G
+
+    runners: dict[str, Run] = {"plain": plain_report_inference(fresh(), slices, device)}
+    for variant in variants:
+        runners[variant] = library_inference(variant, fresh(), slices, device, args.batch_size)
+    warmup = {key: round(warm_up(runner, device, 1), 2) for key, runner in runners.items()}
+    rounds = int(args.seconds_per_generator / max(sum(warmup.values()), 1e-3))
+    rounds = max(args.min_rounds, min(args.max_rounds, rounds))
+    rates = interleaved_rates(runners, dict.fromkeys(runners, args.slices), device, rounds, 1)
+    return {
+        "generator": name,
+        "image_size": size,
+        "slices_per_round": args.slices,
+        "batch_size": args.batch_size,
+        "rounds": rounds,
+        "warmup_seconds": warmup,
+        "slices_per_s": summarise(rates, baseline="plain"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    parser.add_argument("--size", type=int, default=128, help="image size (unet256 uses 256)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="slices per batch of the optimised path (8 on a CPU, 64 on a GPU)")  # fmt: skip
+    parser.add_argument("--slices", type=int, default=None, help="slices per timed round")
+    parser.add_argument("--base-channels", type=int, default=64)
+    parser.add_argument("--generators", default=",".join(GENERATORS), help="comma-separated names")
+    parser.add_argument("--variants", default=None, help="library settings to time, e.g. fp32,fp32+cl")
+    parser.add_argument("--compile", action="store_true", help="torch.compile in the default optimised variant")
+    parser.add_argument("--seconds-per-generator", type=float, default=30.0)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one round: a smoke test")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    device = resolve_device(args.device)
+    setup_runtime(args.device)
+    args.min_rounds, args.max_rounds = 3, 7
+    on_gpu = device.type != "cpu"
+    if args.batch_size is None:  # on a CPU, batches beyond 8 spill the caches (resnet9 slows down)
+        args.batch_size = 64 if on_gpu else 8
+    if args.slices is None:
+        args.slices = 256 if on_gpu else 32
+    if args.quick:
+        args.size, args.base_channels, args.slices, args.batch_size = 32, 8, 8, 4
+        args.min_rounds = args.max_rounds = 1
+    variants = args.variants.split(",") if args.variants else [default_variant(device, args.compile)]
+
+    started = time.perf_counter()
+    rows = []
+    for name in args.generators.split(","):
+        row = measure(name, args, device, variants)
+        rows.append(row)
+        rates = row["slices_per_s"]
+        print(f"{name}: plain {rates['plain']['median']:.1f} slices/s, "
+              + ", ".join(f"{v} {rates[v]['median']:.1f} slices/s (x{rates[v]['speedup']:.2f})" for v in variants),
+              flush=True)  # fmt: skip
+
+    table = [
+        {"generator": row["generator"], "size": row["image_size"], "batch": row["batch_size"],
+         "plain slices/s": row["slices_per_s"]["plain"]["median"],
+         **{f"{v} slices/s": row["slices_per_s"][v]["median"] for v in variants},
+         **{f"{v} / plain": row["slices_per_s"][v]["speedup"] for v in variants}}
+        for row in rows
+    ]  # fmt: skip
+    payload = {
+        "benchmark": "bench_predict",
+        "machine": machine(device),
+        "quick": args.quick,
+        "optimised": variants[0],
+        "variants": variants,
+        "note": "median of interleaved rounds; speed-up = median of per-round ratios; on a shared "
+        "machine re-run when it is quiet before quoting",
+        "seconds": round(time.perf_counter() - started, 1),
+        "rows": rows,
+        "table": table,
+    }
+    path = write_results("bench_predict", payload, args.out)
+    print(format_table(table, list(table[0])))
+    print(f"{payload['machine']['device_name']}, torch {payload['machine']['torch']}, "
+          f"{payload['machine']['threads']} threads; {payload['seconds']} s; wrote {path}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,118 @@
+"""bf16 autocast and channels_last give the fp32 generator's output, for every generator.
+
+On the CPU, at tiny sizes. Each network's batch-norm statistics are first set from one batch,
+so that its eval-mode activations are of unit scale (an untrained network in eval mode would
+otherwise give a near-constant output and make the comparison empty).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mri2mri.config import ModelConfig
+from mri2mri.models import GENERATORS, build_generator, minimum_image_size
+from mri2mri.runtime import Runtime
+
+# Output range [-1, 1]. bf16 keeps 8 bits of mantissa: the mean deviation stays near 2e-3 to
+# 6e-3, single pixels of the deepest network (resnet9, 9 residual blocks) reach about 4e-2.
+MEAN_TOLERANCE = 1e-2
+MAX_TOLERANCE = 6e-2
+
+
+def _calibrated_generator(name: str) -> tuple[nn.Module, torch.Tensor]:
+    config = ModelConfig(generator=name, base_channels=8, dropout=0.0)
+    size = minimum_image_size(config)
+    torch.manual_seed(0)
+    G = build_generator(config)
+    rows = torch.linspace(-1, 1, size)
+    pattern = torch.sin(6 * rows)[:, None] * torch.cos(4 * rows)[None, :]  # (H, W)
+    noise = torch.randn(2, 1, size, size, generator=torch.Generator().manual_seed(1))
+    source = (0.8 * pattern + 0.1 * noise).clamp(-1, 1)  # (2, 1, H, W)
+    for module in G.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average: one batch sets the statistics
+    with torch.no_grad():
+        G.train()(source)
+    return G.eval(), source
+
+
+def _output(G: nn.Module, source: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    G = runtime.prepare_module(G)
+    with torch.inference_mode(), runtime.autocast():
+        out = G(runtime.to_device(source))
+    return out.float().contiguous()
+
+
+@pytest.mark.parametrize("name", sorted(GENERATORS))
+def test_bf16_and_channels_last_match_fp32(name):
+    G, source = _calibrated_generator(name)
+    cpu = torch.device("cpu")
+    reference = _output(G, source, Runtime(device=cpu))
+    assert reference.std() > 0.05, "the comparison needs a non-constant output"
+    # channels_last alone changes only the order of the sums.
+    channels_last = _output(G, source, Runtime(device=cpu, channels_last=True))
+    assert (channels_last - reference).abs().max() < 1e-4
+    for channels_last in (False, True):
+        G = G.to(memory_format=torch.contiguous_format)
+        out = _output(G, source, Runtime(device=cpu, precision="bf16", channels_last=channels_last))
+        assert out.shape == reference.shape
+        difference = (out - reference).abs()
+        label = f"bf16, channels_last={channels_last}"
+        assert difference.mean() < MEAN_TOLERANCE, f"{label}: mean deviation {difference.mean():.3g}"
+        assert difference.max() < MAX_TOLERANCE, f"{label}: largest deviation {difference.max():.3g}"
+
+
+def test_channels_last_reaches_the_network():
+    G, source = _calibrated_generator("basic")
+    runtime = Runtime(device=torch.device("cpu"), channels_last=True)
+    prepared = runtime.prepare_module(G)
+    weight = next(p for p in prepared.parameters() if p.dim() == 4)
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    assert runtime.to_device(source).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_resumed_optimizer_state_follows_the_parameters_memory_format():
+    from mri2mri.training import _match_parameter_layouts
+
+    torch.manual_seed(0)
+    weight, grad = torch.randn(8, 4, 3, 3), torch.randn(8, 4, 3, 3)
+
+    def two_steps(resumed_format: torch.memory_format) -> torch.Tensor:
+        param = nn.Parameter(weight.clone().contiguous(memory_format=torch.channels_last))
+        optimizer = torch.optim.Adam([param], lr=0.1, fused=True)
+        for step in range(2):
+            param.grad = grad.clone().contiguous(memory_format=torch.channels_last)
+            optimizer.step()
+            if step == 0:  # a checkpoint written with another layout, then resumed
+                saved = optimizer.state_dict()
+                for key in ("exp_avg", "exp_avg_sq"):
+                    saved["state"][0][key] = saved["state"][0][key].contiguous(memory_format=resumed_format)
+                optimizer.load_state_dict(saved)
+                _match_parameter_layouts(optimizer)
+        return param.detach()
+
+    assert torch.allclose(two_steps(torch.contiguous_format), two_steps(torch.channels_last), atol=1e-6)
+
+
+def test_a_compile_failure_at_the_first_call_falls_back_to_eager(monkeypatch):
+    from mri2mri import runtime as runtime_module
+
+    def broken_compile(module):
+        def run(*args, **kwargs):
+            raise RuntimeError("backend compiler failed: no C++ compiler")
+
+        return run
+
+    monkeypatch.setattr(runtime_module.torch, "compile", broken_compile)
+    G = build_generator(ModelConfig(generator="basic", base_channels=8))
+    wrapped = runtime_module.maybe_compile(G, enabled=True)
+    source = torch.zeros(1, 1, 16, 16)
+    with pytest.warns(UserWarning, match="torch.compile failed .*no C\\+\\+ compiler.*running eagerly"):
+        out = wrapped(source)
+    assert torch.equal(out, G(source))
+    assert torch.equal(wrapped(source), out)  # eager from then on, no second warning
+    assert set(wrapped.state_dict()) == {f"module.{key}" for key in G.state_dict()}
+    assert runtime_module.maybe_compile(G, enabled=False) is G
