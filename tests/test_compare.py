@@ -25,7 +25,7 @@ HISTORY = (
 def make_run(
     folder: Path, cache, predict, *, generator: str, gan_loss: str, summary: bool = True, batch_size: int = 16
 ) -> Path:
-    RunConfig(model=ModelConfig(generator=generator), train=TrainConfig(gan_loss=gan_loss)).save(
+    RunConfig(model=ModelConfig(generator=generator, discriminator="basic"), train=TrainConfig(gan_loss=gan_loss)).save(
         _mkdir(folder) / "config.json"
     )
     (folder / "history.csv").write_text(HISTORY, encoding="utf-8")

@@ -69,27 +69,27 @@ def _conv(in_channels, out_channels, kernel=4, bias=True):
 def test_report_networks_have_exactly_the_report_layers():
     # Hand count of the report's layers at base 64 (every conv with bias; BN scale + shift).
     basic_g = _conv(1, 64) + _conv(64, 128) + 2 * 128 + _conv(128, 64) + 2 * 64 + _conv(64, 1)
-    assert count_parameters(build_generator(ModelConfig(generator="basic"))) == basic_g
+    assert count_parameters(build_generator(ModelConfig(generator="basic", base_channels=64))) == basic_g
     downs = _conv(1, 64) + _conv(64, 128) + _conv(128, 256) + _conv(256, 512)
     ups = _conv(512, 256) + _conv(512, 128) + _conv(256, 64) + _conv(128, 1)
     norms = 2 * (128 + 256 + 512) + 2 * (256 + 128 + 64)
-    assert count_parameters(build_generator(ModelConfig(generator="unet"))) == downs + ups + norms
+    assert count_parameters(build_generator(ModelConfig(generator="unet", base_channels=64))) == downs + ups + norms
     basic_d = _conv(2, 64) + _conv(64, 128) + 2 * 128 + _conv(128, 1)
-    assert count_parameters(build_discriminator(ModelConfig(discriminator="basic"))) == basic_d
-    unet = build_generator(ModelConfig(generator="unet"))
+    assert count_parameters(build_discriminator(ModelConfig(discriminator="basic", base_channels=64))) == basic_d
+    unet = build_generator(ModelConfig(generator="unet", base_channels=64))
     assert [m.p for m in unet.modules() if isinstance(m, nn.Dropout)] == [0.5]
 
 
 def test_pix2pix_networks_parameter_counts():
     # Reference implementations at 1 input / 1 output channel, base 64, batch norm.
-    assert count_parameters(build_generator(ModelConfig(generator="unet256"))) == 54_408_385
-    assert count_parameters(build_generator(ModelConfig(generator="resnet9"))) == 11_370_881
-    patch = build_discriminator(ModelConfig(discriminator="patch70"))
+    assert count_parameters(build_generator(ModelConfig(generator="unet256", base_channels=64))) == 54_408_385
+    assert count_parameters(build_generator(ModelConfig(generator="resnet9", base_channels=64))) == 11_370_881
+    patch = build_discriminator(ModelConfig(discriminator="patch70", base_channels=64))
     assert count_parameters(patch) == 2_764_609
 
 
 def test_report_discriminator_patch_map_at_256():
-    discriminator = build_discriminator(ModelConfig(discriminator="basic"))
+    discriminator = build_discriminator(ModelConfig(discriminator="basic", base_channels=64))
     features = discriminator(_images(2, 1, 256), _images(2, 1, 256))
     assert len(features) == 1
     assert [tuple(f.shape) for f in features[0]] == [

@@ -87,6 +87,8 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-steps-per-epoch", type=int, default=None)
     group.add_argument("--max-bad-steps", type=int, default=train.max_bad_steps)
     group.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS")
+    group.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                       help="report-basic / report-unet: the report's experiments; pix2pix: its configuration")  # fmt: skip
     group.add_argument("--run-name", default=train.run_name)
     group.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
 
@@ -94,6 +96,25 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lang", default="en", choices=("en", "zh"), help="language of figures and report")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+# Named configurations: the report's two experiments and pix2pix's, for reproducing them in one
+# option. Options given explicitly on the command line win over the preset's values.
+PRESETS: dict[str, dict[str, object]] = {
+    "report-basic": {"generator": "basic", "discriminator": "basic", "base_channels": 64, "gan_loss": "bce"},
+    "report-unet": {"generator": "unet", "discriminator": "basic", "base_channels": 64, "gan_loss": "bce"},
+    "pix2pix": {"generator": "unet256", "discriminator": "patch70", "base_channels": 64, "gan_loss": "bce"},
+}
+
+
+def _apply_preset(args: argparse.Namespace) -> None:
+    """Set the preset's values for every option still at its default."""
+    if not args.preset:
+        return
+    defaults = {**vars(DEFAULTS.model), "gan_loss": DEFAULTS.train.gan_loss}
+    for key, value in PRESETS[args.preset].items():
+        if getattr(args, key) == defaults[key]:
+            setattr(args, key, value)
 
 
 def _configs(args: argparse.Namespace, image_size: int) -> RunConfig:
@@ -324,7 +345,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     on_gpu = torch.cuda.is_available() and args.device in ("auto", "cuda")
     # Sized to finish in minutes on 2 CPU cores; full resolution where a GPU is present.
     image_size = args.image_size or (256 if on_gpu else 128)
-    epochs = args.epochs or (30 if on_gpu else 6)
+    epochs = args.epochs or (60 if on_gpu else 30)
     args.image_size = image_size
     args.epochs = epochs
     config = _configs(args, image_size)
@@ -427,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if hasattr(args, "preset"):
+        _apply_preset(args)
     warnings.simplefilter("default")
     warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
     try:

@@ -44,11 +44,13 @@ class DataConfig:
 class ModelConfig:
     """Which networks, and their options."""
 
+    # Defaults: the winner of the equal-budget ablation (benchmarks/ablation.py, README): the
+    # report's U-Net at half width, pix2pix's 70x70 PatchGAN, least-squares adversarial loss.
     generator: str = "unet"
-    discriminator: str = "basic"
+    discriminator: str = "patch70"
     in_channels: int = 1
     out_channels: int = 1
-    base_channels: int = 64
+    base_channels: int = 32
     norm: str = "batch"
     dropout: float = 0.5
     upsample: str = "transpose"  # "transpose" or "resize" (resize-convolution)
@@ -63,11 +65,11 @@ class TrainConfig:
 
     run_name: str = DEFAULT_RUN_NAME
     epochs: int = 10
-    batch_size: int = 8
+    batch_size: int = 2  # small batches, many updates: what won the equal-budget ablation
     lr: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
-    gan_loss: str = "bce"
+    gan_loss: str = "lsgan"
     lambda_l1: float = 100.0
     lambda_ssim: float = 0.0
     lambda_feature_matching: float = 0.0
