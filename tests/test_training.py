@@ -34,6 +34,7 @@ def _batch(size: int = 32, n: int = 4):
 def test_one_step_updates_both_networks_and_overfitting_lowers_l1():
     config = tiny_config()
     runtime = Runtime(device=torch.device("cpu"))
+    torch.manual_seed(0)  # the initial weights, independent of the tests that ran before
     nets = build_networks(config, runtime)
     g_before = copy.deepcopy(nets.G.state_dict())
     d_before = copy.deepcopy(nets.D.state_dict())

@@ -221,15 +221,6 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prepare_for_run(data: Path, config: RunConfig, cache: Path | None, run_dir: Path, quiet: bool) -> Path:
-    from mri2mri.data.cache import is_cache
-    from mri2mri.data.preprocess import ensure_cache
-
-    if is_cache(data):
-        return data
-    return ensure_cache(data, config.data, cache or run_dir / "cache")
-
-
 def _rank() -> int:
     """This process's rank under torchrun (0 otherwise)."""
     import os
@@ -257,7 +248,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         config = _resume_config(run_dir, config, args)
     _validate_choices(config)
-    cache = _prepare_for_run(args.data, config, args.cache, run_dir, args.quiet)
+    from mri2mri.data.preprocess import ensure_cache
+
+    cache = ensure_cache(args.data, config.data, args.cache or run_dir / "cache")  # a cache is used as is
     result = train(config, cache, run_dir, resume=args.resume, progress=not args.quiet,
                    checkpoint_every=args.checkpoint_every)  # fmt: skip
     if _rank() != 0:

@@ -848,8 +848,3 @@ def _device_name(runtime: Runtime) -> str:
     if runtime.device.type == "cuda":
         return torch.cuda.get_device_name(runtime.device)
     return runtime.device.type
-
-
-def batches_of(dataset: SliceDataset, batch_size: int) -> Iterator[Sample]:
-    """Iterate a split in order (evaluation helpers use this)."""
-    yield from DataLoader(dataset, batch_size=batch_size, shuffle=False)
