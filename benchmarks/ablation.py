@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = ROOT.parent / "shared" / "data" / "real-mri"
 RESULTS = ROOT / "benchmarks" / "results"
 
-# name -> extra `mri2mri train` arguments. The first three are the references the issue names.
+# name -> extra `mri2mri train` arguments. The first three are the references: the report's two experiments and pix2pix.
 CONFIGS: dict[str, list[str]] = {
     "report-basic": ["--generator", "basic", "--base-channels", "64", "--discriminator", "basic", "--gan-loss", "bce"],
     "report-unet": ["--generator", "unet", "--base-channels", "64", "--discriminator", "basic", "--gan-loss", "bce"],

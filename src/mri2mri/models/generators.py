@@ -5,7 +5,7 @@ states the image sizes it accepts: ``total_stride`` (H and W must be multiples o
 skip connections line up) and ``minimum_size``; ``mri2mri.models.check_image_size`` enforces them.
 
 Read top to bottom: the report's encoder-decoder and U-Net, then the larger networks of the
-issue "Better images" (the Johnson/CycleGAN ResNet generator and the pix2pix 8-level U-Net).
+the report's future work (the Johnson/CycleGAN ResNet generator and the pix2pix 8-level U-Net).
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ class ResidualBlock(nn.Module):
 
 class ResNetGenerator(nn.Module):
     """Johnson et al. 2016 / CycleGAN "resnet_9blocks": 7x7 conv, two stride-2 downs, nine
-    residual blocks at 1/4 resolution, two ups, 7x7 conv, Tanh (issue "Better images")."""
+    residual blocks at 1/4 resolution, two ups, 7x7 conv, Tanh (the report's future work: residual blocks)."""
 
     total_stride = 4
     minimum_size = 8  # reflection padding of 1 at H/4 needs at least 2 pixels there
