@@ -4,7 +4,7 @@ Every generator ends in Tanh, so its output lies in [-1, 1] like the dataset's t
 states the image sizes it accepts: ``total_stride`` (H and W must be multiples of it, so that the
 skip connections line up) and ``minimum_size``; ``mri2mri.models.check_image_size`` enforces them.
 
-Read top to bottom: the report's encoder-decoder and U-Net, then the larger networks of the
+Read top to bottom: the report's encoder-decoder and U-Net, then the larger networks of
 the report's future work (the Johnson/CycleGAN ResNet generator and the pix2pix 8-level U-Net).
 """
 
