@@ -69,7 +69,15 @@ class BasicGenerator(nn.Module):
         return self.decoder(self.encoder(x))
 
 
-class UNetGenerator(nn.Module):
+class _FullOptionsGenerator(nn.Module):
+    """Generators whose constructor takes every ``ModelConfig`` option, in one order."""
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig):
+        return cls(cfg.in_channels, cfg.out_channels, cfg.base_channels, cfg.norm, cfg.dropout, cfg.upsample)
+
+
+class UNetGenerator(_FullOptionsGenerator):
     """The lab report's U-Net: four DownBlocks, three UpBlocks with skips, a final up + Tanh.
 
     Exactly the report's layers at the defaults (base_channels 64, batch norm, dropout 0.5 in the
@@ -103,17 +111,6 @@ class UNetGenerator(nn.Module):
         self.final = nn.Sequential(
             upsample_conv(2 * b, out_channels, upsample),  # (B, out, H, W)
             nn.Tanh(),
-        )
-
-    @classmethod
-    def from_config(cls, cfg: ModelConfig) -> UNetGenerator:
-        return cls(
-            cfg.in_channels,
-            cfg.out_channels,
-            cfg.base_channels,
-            cfg.norm,
-            cfg.dropout,
-            cfg.upsample,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -152,7 +149,7 @@ class ResidualBlock(nn.Module):
         return x + self.block(x)
 
 
-class ResNetGenerator(nn.Module):
+class ResNetGenerator(_FullOptionsGenerator):
     """Johnson et al. 2016 / CycleGAN "resnet_9blocks": 7x7 conv, two stride-2 downs, nine
     residual blocks at 1/4 resolution, two ups, 7x7 conv, Tanh (the report's future work: residual blocks)."""
 
@@ -211,22 +208,11 @@ class ResNetGenerator(nn.Module):
         )
         self.apply(init_gan_weights)
 
-    @classmethod
-    def from_config(cls, cfg: ModelConfig) -> ResNetGenerator:
-        return cls(
-            cfg.in_channels,
-            cfg.out_channels,
-            cfg.base_channels,
-            cfg.norm,
-            cfg.dropout,
-            cfg.upsample,
-        )
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.up(self.blocks(self.down(self.stem(x)))))
 
 
-class UNet256Generator(nn.Module):
+class UNet256Generator(_FullOptionsGenerator):
     """The pix2pix paper's 8-level U-Net (Isola et al. 2017, appendix 6.1.1):
     encoder C64-C128-C256-C512-C512-C512-C512-C512, decoder CD512-CD1024-CD1024-C1024-C1024-
     C512-C256-C128 (channels after concatenation), dropout in the three innermost up blocks.
@@ -280,17 +266,6 @@ class UNet256Generator(nn.Module):
             nn.Tanh(),
         )
         self.apply(init_gan_weights)
-
-    @classmethod
-    def from_config(cls, cfg: ModelConfig) -> UNet256Generator:
-        return cls(
-            cfg.in_channels,
-            cfg.out_channels,
-            cfg.base_channels,
-            cfg.norm,
-            cfg.dropout,
-            cfg.upsample,
-        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
