@@ -128,3 +128,52 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.2f}" if abs(value) < 1000 else f"{value:.0f}"
     return str(value)
+
+
+def run_and_report(
+    benchmark: str,
+    measure_one: Callable[[str], dict[str, Any]],
+    generators: list[str],
+    variants: list[str],
+    *,
+    rate_key: str,
+    unit: str,
+    device: torch.device,
+    quick: bool,
+    out: Path | None,
+) -> int:
+    """Measure every generator, print a line each and a table, write the JSON; shared by the
+    training and inference benchmarks, whose rows differ only in what they count."""
+    started = time.perf_counter()
+    rows = []
+    for name in generators:
+        row = measure_one(name)
+        rows.append(row)
+        rates = row[rate_key]
+        print(f"{name}: plain {rates['plain']['median']:.1f} {unit}, "
+              + ", ".join(f"{v} {rates[v]['median']:.1f} {unit} (x{rates[v]['speedup']:.2f})" for v in variants),
+              flush=True)  # fmt: skip
+    table = [
+        {"generator": row["generator"], "size": row["image_size"], "batch": row["batch_size"],
+         f"plain {unit}": row[rate_key]["plain"]["median"],
+         **{f"{v} {unit}": row[rate_key][v]["median"] for v in variants},
+         **{f"{v} / plain": row[rate_key][v]["speedup"] for v in variants}}
+        for row in rows
+    ]  # fmt: skip
+    payload = {
+        "benchmark": benchmark,
+        "machine": machine(device),
+        "quick": quick,
+        "optimised": variants[0],
+        "variants": variants,
+        "note": "median of interleaved rounds; speed-up = median of per-round ratios; on a shared "
+        "machine re-run when it is quiet before quoting",
+        "seconds": round(time.perf_counter() - started, 1),
+        "rows": rows,
+        "table": table,
+    }
+    path = write_results(benchmark, payload, out)
+    print(format_table(table, list(table[0])))
+    print(f"{payload['machine']['device_name']}, torch {payload['machine']['torch']}, "
+          f"{payload['machine']['threads']} threads; {payload['seconds']} s; wrote {path}")  # fmt: skip
+    return 0

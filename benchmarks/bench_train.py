@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
-from _common import format_table, interleaved_rates, machine, summarise, warm_up, write_results
+from _common import interleaved_rates, run_and_report, summarise, warm_up
 from torch import nn
 
 from mri2mri.config import DataConfig, ModelConfig, RunConfig, TrainConfig
@@ -205,40 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         args.warmup, args.calls_per_round, args.min_rounds, args.max_rounds = 1, 1, 1, 1
     variants = args.variants.split(",") if args.variants else [default_variant(device, args.compile)]
 
-    started = time.perf_counter()
-    rows = []
-    for name in args.generators.split(","):
-        row = measure(name, args, device, variants)
-        rows.append(row)
-        rates = row["images_per_s"]
-        print(f"{name}: plain {rates['plain']['median']:.1f} img/s, "
-              + ", ".join(f"{v} {rates[v]['median']:.1f} img/s (x{rates[v]['speedup']:.2f})" for v in variants),
-              flush=True)  # fmt: skip
-
-    table = [
-        {"generator": row["generator"], "size": row["image_size"], "batch": row["batch_size"],
-         "plain img/s": row["images_per_s"]["plain"]["median"],
-         **{f"{v} img/s": row["images_per_s"][v]["median"] for v in variants},
-         **{f"{v} / plain": row["images_per_s"][v]["speedup"] for v in variants}}
-        for row in rows
-    ]  # fmt: skip
-    payload = {
-        "benchmark": "bench_train",
-        "machine": machine(device),
-        "quick": args.quick,
-        "optimised": variants[0],
-        "variants": variants,
-        "note": "median of interleaved rounds; speed-up = median of per-round ratios; on a shared "
-        "machine re-run when it is quiet before quoting",
-        "seconds": round(time.perf_counter() - started, 1),
-        "rows": rows,
-        "table": table,
-    }
-    path = write_results("bench_train", payload, args.out)
-    print(format_table(table, list(table[0])))
-    print(f"{payload['machine']['device_name']}, torch {payload['machine']['torch']}, "
-          f"{payload['machine']['threads']} threads; {payload['seconds']} s; wrote {path}")  # fmt: skip
-    return 0
+    return run_and_report(
+        "bench_train", lambda name: measure(name, args, device, variants), args.generators.split(","), variants,
+        rate_key="images_per_s", unit="img/s", device=device, quick=args.quick, out=args.out,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
