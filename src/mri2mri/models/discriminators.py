@@ -46,7 +46,22 @@ class ConditionalDiscriminator(nn.Module, abc.ABC):
         return torch.sigmoid(self(source, target)[0][-1])
 
 
-class BasicDiscriminator(ConditionalDiscriminator):
+class _SingleScaleDiscriminator(ConditionalDiscriminator):
+    """A stack of ``self.stages`` on cat(source, target); every stage's output is a feature,
+    the last one the logit map."""
+
+    stages: nn.ModuleList
+
+    def forward(self, source: torch.Tensor, target: torch.Tensor) -> Features:
+        x = torch.cat([source, target], dim=1)  # (B, C_source + C_target, H, W)
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return [features]
+
+
+class BasicDiscriminator(_SingleScaleDiscriminator):
     """The lab report's simplified PatchGAN: Conv k4 s2, LeakyReLU; Conv k4 s2, BN, LeakyReLU;
     Conv k4 s1 -> one logit per patch. A 256 x 256 pair gives a 61 x 61 map."""
 
@@ -83,16 +98,7 @@ class BasicDiscriminator(ConditionalDiscriminator):
     def patch_map_sizes(cls, cfg: ModelConfig, size: int) -> list[int]:
         return [_strided_size(_strided_size(size)) - 3]
 
-    def forward(self, source: torch.Tensor, target: torch.Tensor) -> Features:
-        x = torch.cat([source, target], dim=1)  # (B, C_source + C_target, H, W)
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return [features]
-
-
-class PatchDiscriminator(ConditionalDiscriminator):
+class PatchDiscriminator(_SingleScaleDiscriminator):
     """The pix2pix 70x70 PatchGAN (Isola et al. 2017, appendix 6.1.2: C64-C128-C256-C512, then a
     1-channel conv); ``n_layers`` stride-2 convolutions (3 gives the 70 x 70 receptive field,
     a 30 x 30 map for 256 x 256 input)."""
@@ -148,15 +154,6 @@ class PatchDiscriminator(ConditionalDiscriminator):
     @classmethod
     def patch_map_sizes(cls, cfg: ModelConfig, size: int) -> list[int]:
         return [_patch70_map_size(size, cfg.disc_layers)]
-
-    def forward(self, source: torch.Tensor, target: torch.Tensor) -> Features:
-        x = torch.cat([source, target], dim=1)  # (B, C_source + C_target, H, W)
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return [features]
-
 
 def _patch70_map_size(size: int, n_layers: int) -> int:
     for _ in range(n_layers):
