@@ -2,13 +2,16 @@
 
 ``plain`` is the loop as the lab report writes it, kept here on purpose: fp32, the model in its
 default memory format, ``nn.BCELoss`` on sigmoid outputs, D left trainable during the G step
-(so G's backward also computes D's weight gradients), separate real and fake D calls,
-``zero_grad()`` with its default, ``.item()`` on both losses every step.
+(so G's backward also computes D's weight gradients), three D forwards per step (the fake pair
+for G, then the real and the detached fake pair for D), ``zero_grad()`` with its default,
+``.item()`` on both losses every step.
 
 ``optimised`` is the library's own path, ``mri2mri.training.build_networks`` + ``gan_step``
 with the settings that ``mri2mri train`` uses by default on the device found (on a GPU: bf16
-autocast and channels_last; ``--compile`` adds torch.compile). ``--variants`` adds more
-settings of the library path to the same run, e.g. ``fp32,fp32+cl,fp32+compile,bf16+cl``.
+autocast and channels_last; ``--compile`` adds torch.compile). It does less arithmetic for the
+same weights: one D forward on the fake pair serves both updates and G's backward computes no
+gradient for D's weights. ``--variants`` adds more settings of the library path to the same
+run, e.g. ``fp32,fp32+cl,fp32+compile,bf16+cl``.
 
 The same networks (the report's PatchGAN as D), the same batch and the same optimiser settings
 are used by every variant; timing is interleaved (see ``_common.py``). Writes

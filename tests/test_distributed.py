@@ -111,3 +111,13 @@ def test_two_processes_train_like_one_and_resume_with_one(tiny_cache, tmp_path):
     assert (result.epochs_done, result.global_step) == (2, 6)
     assert [row["epoch"] for row in read_history(ddp / "history.csv")] == ["1", "2"]
     _assert_same_weights(single, ddp)
+
+
+def test_two_processes_train_like_one_with_feature_matching_and_two_d_steps(tiny_cache, tmp_path):
+    """The D forward shared by G's and D's update (and its features) under DDP, without norms."""
+    config = tiny_config(epochs=1, gan_loss="hinge", lambda_feature_matching=10.0, d_steps=2)
+    config = replace(config, model=replace(config.model, norm="none"))
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    train(config, tiny_cache, single, progress=False)
+    _train_two_processes(config, tiny_cache, [ddp, tmp_path / "rank1"])
+    _assert_same_weights(single, ddp)

@@ -48,6 +48,52 @@ def test_one_step_updates_both_networks_and_overfitting_lowers_l1():
     assert last.loss_L1 < 0.7 * first.loss_L1
 
 
+def _report_loop_step(G, D, opt_G, opt_D, source, target, d_steps=1) -> None:
+    """One step as the lab report writes it: BCE on sigmoid outputs, three D forwards, D left
+    trainable during G's step (its gradients are then zeroed before D's own update); then
+    ``d_steps - 1`` more D updates on the same detached fake."""
+    bce, l1 = torch.nn.BCELoss(), torch.nn.L1Loss()
+    opt_G.zero_grad()
+    fake = G(source)
+    pred_fake = torch.sigmoid(D(source, fake)[0][-1])
+    loss_G = bce(pred_fake, torch.ones_like(pred_fake)) + 100 * l1(fake, target)
+    loss_G.backward()
+    opt_G.step()
+    for _ in range(d_steps):
+        opt_D.zero_grad()
+        pred_real = torch.sigmoid(D(source, target)[0][-1])
+        pred_fake = torch.sigmoid(D(source, fake.detach())[0][-1])
+        loss_D = 0.5 * (bce(pred_real, torch.ones_like(pred_real)) + bce(pred_fake, torch.zeros_like(pred_fake)))
+        loss_D.backward()
+        opt_D.step()
+
+
+@pytest.mark.parametrize("d_steps", [1, 2])
+def test_gan_step_gives_the_weights_of_the_report_loop(d_steps):
+    """gan_step shares one D forward between G's and D's update; the weights must not change."""
+    config = tiny_config(gan_loss="bce", d_steps=d_steps)
+    runtime = Runtime(device=torch.device("cpu"), channels_last=False)
+    torch.manual_seed(0)
+    nets = build_networks(config, runtime)
+    G, D = copy.deepcopy(nets.G), copy.deepcopy(nets.D)
+    opt_G = torch.optim.Adam(G.parameters(), lr=config.train.lr, betas=(0.5, 0.999))
+    opt_D = torch.optim.Adam(D.parameters(), lr=config.train.lr, betas=(0.5, 0.999))
+    source, target = _batch()
+    for _ in range(3):
+        gan_step(nets, source, target, config, runtime)
+        _report_loop_step(G, D, opt_G, opt_D, source, target, d_steps)
+    # Compared as functions, in training mode: a convolution's bias just before batch norm has
+    # a zero gradient, so Adam turns rounding noise into lr-sized steps of random sign there,
+    # which batch norm then cancels.
+    with torch.no_grad():
+        torch.testing.assert_close(nets.G(source), G(source), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(nets.D(source, target), D(source, target), rtol=1e-4, atol=1e-5)
+    theirs = dict(G.named_parameters())
+    for key, value in nets.G.named_parameters():
+        if key.endswith("weight"):
+            torch.testing.assert_close(value, theirs[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
 def test_loss_d_is_half_the_sum_of_real_and_fake_terms():
     from mri2mri.losses import discriminator_loss
 

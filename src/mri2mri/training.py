@@ -24,7 +24,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,10 +77,11 @@ class TrainingStopped(UserError):
 
 
 class DiscriminatorObjective(nn.Module):
-    """D's loss on a real and a detached fake pair, as one module.
+    """D on the real and the fake pair, and D's loss, as one module.
 
     Wrapping the whole objective in one module means one forward and one backward per update,
-    which is what DistributedDataParallel expects.
+    which is what DistributedDataParallel expects. D's outputs are returned too: the generator's
+    adversarial (and feature-matching) loss is taken from the same forward (see ``gan_step``).
     """
 
     def __init__(self, discriminator: nn.Module, gan_loss: str, lambda_gp: float):
@@ -89,13 +90,15 @@ class DiscriminatorObjective(nn.Module):
         self.gan_loss = gan_loss
         self.lambda_gp = lambda_gp
 
-    def forward(self, source: torch.Tensor, target: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, source: torch.Tensor, target: torch.Tensor, fake: torch.Tensor
+    ) -> tuple[torch.Tensor, list[list[torch.Tensor]], list[list[torch.Tensor]]]:
         real_out = self.discriminator(source, target)
         fake_out = self.discriminator(source, fake)
         loss = losses.discriminator_loss(self.gan_loss, _logits(real_out), _logits(fake_out))
         if self.gan_loss == "wgan-gp":
             loss = loss + self.lambda_gp * losses.gradient_penalty(self.discriminator, source, target, fake)
-        return loss
+        return loss, real_out, fake_out
 
 
 def _logits(outputs: list[list[torch.Tensor]]) -> list[torch.Tensor]:
@@ -197,37 +200,50 @@ class StepResult:
 def gan_step(
     nets: Networks, source: torch.Tensor, target: torch.Tensor, config: RunConfig, runtime: Runtime
 ) -> StepResult:
-    """One generator update then ``d_steps`` discriminator updates on the same batch."""
+    """One generator update then ``d_steps`` discriminator updates on the same batch.
+
+    In the report's order both updates see the networks as they were before the step: G's
+    update uses D before D's update, and D's update uses the fake that G made before G's update.
+    So one forward of D on the fake pair serves both, where the report's loop runs it twice:
+    G's adversarial gradient is taken with respect to the fake image only (D's weights get
+    none, as if D were frozen) and D's with respect to D's weights only. The weights after the
+    step are those of the report's loop (``tests/test_training.py`` checks it against that loop
+    written out); only D's batch-norm running statistics see the fake batch once, not twice.
+    The price is memory: D's activations on the real pair are held during G's backward.
+    """
     train = config.train
-    # 1-2. Generator: forward, adversarial + lambda * L1 (+ extras), update. D's parameters
-    # are frozen so that the generator's backward does not compute gradients for them.
-    nets.D.requires_grad_(False)
     with runtime.autocast():
         fake = nets.G_train(source)
-        fake_out = nets.D(source, fake)
+        # A leaf between G and D: D's graph stops here, so G's update, which changes G's
+        # weights in place, leaves that graph valid for D's backward after it.
+        fake_leaf = fake.detach().requires_grad_(True)
+        loss_D, real_out, fake_out = nets.D_objective(source, target, fake_leaf)
         loss_adv = losses.generator_adversarial_loss(train.gan_loss, _logits(fake_out))
-        loss_l1 = F.l1_loss(fake.float(), target.float())
-        loss_G = loss_adv + train.lambda_l1 * loss_l1
-        if train.lambda_ssim > 0:
-            loss_G = loss_G + train.lambda_ssim * losses.ssim_loss(fake.float(), target.float())
         if train.lambda_feature_matching > 0:
-            with torch.no_grad():
-                real_features = _features(nets.D(source, target))
-            loss_G = loss_G + train.lambda_feature_matching * losses.feature_matching_loss(
-                real_features, _features(fake_out)
+            loss_adv = loss_adv + train.lambda_feature_matching * losses.feature_matching_loss(
+                _features(real_out), _features(fake_out)
             )
+        loss_l1 = F.l1_loss(fake.float(), target.float())
+        loss_direct = train.lambda_l1 * loss_l1  # the terms that do not pass through D
+        if train.lambda_ssim > 0:
+            loss_direct = loss_direct + train.lambda_ssim * losses.ssim_loss(fake.float(), target.float())
         if nets.perceptual is not None:
-            loss_G = loss_G + train.lambda_perceptual * nets.perceptual(fake.float(), target.float())
-    nets.D.requires_grad_(True)
-    g_ok = _update(nets.opt_G, loss_G, nets.G, nets.scaler, train.grad_clip, runtime)
+            loss_direct = loss_direct + train.lambda_perceptual * nets.perceptual(fake.float(), target.float())
+    loss_G = loss_adv + loss_direct
+    scale = nets.scaler.scale
 
-    # 3. Discriminator on the real pair and the detached fake: 0.5 * (real + fake).
-    fake = fake.detach()
-    d_ok = True
-    loss_D = torch.zeros((), device=source.device)
-    for _ in range(train.d_steps):
+    def backward_G() -> None:
+        # Through D to the fake image (D's graph kept for D's update), then through G.
+        (grad_fake,) = torch.autograd.grad(scale(loss_adv), fake_leaf, retain_graph=True)
+        torch.autograd.backward([scale(loss_direct), fake], [None, grad_fake])
+
+    d_parameters = [p for p in nets.D.parameters() if p.requires_grad]
+    g_ok = _update(nets.opt_G, loss_G, nets.G, nets.scaler, train.grad_clip, runtime, backward=backward_G)
+    # inputs=: D's weights only, not the fake image's gradient, which G's backward already took.
+    d_ok = _update(nets.opt_D, loss_D, nets.D, nets.scaler, train.grad_clip, runtime, inputs=d_parameters)
+    for _ in range(train.d_steps - 1):  # further D updates need D's new weights: a new forward
         with runtime.autocast():
-            loss_D = nets.D_objective(source, target, fake)
+            loss_D = nets.D_objective(source, target, fake.detach())[0]
         d_ok = _update(nets.opt_D, loss_D, nets.D, nets.scaler, train.grad_clip, runtime) and d_ok
     if g_ok and nets.ema is not None:
         nets.ema.update_parameters(nets.G)
@@ -246,15 +262,21 @@ def _update(
     scaler: torch.amp.GradScaler,
     grad_clip: float,
     runtime: Runtime,
+    backward: Callable[[], None] | None = None,
+    inputs: list[torch.Tensor] | None = None,
 ) -> bool:
-    """Backward and step, unless the loss or the gradient is not finite (then skip the step).
+    """Backward of the scaled ``loss`` (into ``inputs`` only, when given; or ``backward()``, a
+    custom one) and a step, unless the loss or the gradient is not finite (then no step).
 
     The backward always runs, so that every process takes part in DDP's gradient all-reduce,
     and the processes agree on the skip, so their weights never drift apart. The decision costs
     one host sync per update (each sync stalls a GPU's queue of kernels).
     """
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    if backward is not None:
+        backward()
+    else:
+        scaler.scale(loss).backward(inputs=inputs)
     scaler.unscale_(optimizer)
     max_norm = grad_clip if grad_clip > 0 else math.inf
     grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
