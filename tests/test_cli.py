@@ -66,6 +66,16 @@ def test_train_test_predict_compare_on_png_pairs(png_root, tmp_path, capsys):
     assert (tmp_path / "cmp" / "compare.csv").is_file()
 
 
+def test_auto_resume_starts_a_new_run_then_continues_it(png_root, tmp_path):
+    """What torchrun --max-restarts needs: one command line for the first start and restarts."""
+    run = tmp_path / "run"
+    options = [*TINY[2:], "--auto-resume"]  # TINY without its --epochs
+    assert main(["train", str(png_root), "--out", str(run), "--epochs", "1", *options]) == 0
+    assert main(["train", str(run / "cache"), "--out", str(run), "--epochs", "2", *options]) == 0
+    history = (run / "history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["1", "2"]
+
+
 def _error_line(argv: list[str], capsys) -> str:
     code = main(argv)
     err = capsys.readouterr().err.strip()

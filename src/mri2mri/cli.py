@@ -91,6 +91,8 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
                        help="report-basic / report-unet: the report's experiments; pix2pix: its configuration")  # fmt: skip
     group.add_argument("--run-name", default=train.run_name)
     group.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    group.add_argument("--auto-resume", action="store_true",
+                       help="resume when --out holds a checkpoint, else start (for torchrun --max-restarts)")  # fmt: skip
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -245,6 +247,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if image_size is None:
         image_size = SliceCache(args.data).image_size[0] if is_cache(args.data) else 256
     config = _configs(args, image_size)
+    if args.auto_resume and not args.resume:
+        # torchrun restarts failed workers with the same command line: the first start trains
+        # from scratch, every restart continues from the checkpoint the run has written.
+        args.resume = _has_checkpoint(run_dir, config.train.run_name)
     if args.resume:
         config = _resume_config(run_dir, config, args)
     _validate_choices(config)
@@ -260,6 +266,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"training {how}: {result.epochs_done} epochs, {result.global_step} steps, "
           f"{result.train_seconds:.1f} s of training; run folder {run_dir}")  # fmt: skip
     return 0
+
+
+def _has_checkpoint(run_dir: Path, run_name: str) -> bool:
+    from mri2mri.checkpoint import previous_path
+    from mri2mri.runfolder import RunFolder
+
+    last = RunFolder(run_dir, run_name).last
+    return last.is_file() or previous_path(last).is_file()
 
 
 def _resume_config(run_dir: Path, config: RunConfig, args: argparse.Namespace) -> RunConfig:
