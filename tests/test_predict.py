@@ -397,14 +397,62 @@ def test_real_volume_keeps_its_grid(tmp_path):
     np.testing.assert_array_equal(result.affine, source.affine)
     assert np.all(result.get_fdata(dtype=np.float32)[np.asarray(source.dataobj) == 0] == 0)
 
-    # The reference from two other patients' T1: this T1 passes, its T2 is flagged.
-    training_t1 = [REAL_DATA / "BraTS-GLI-00001-000" / "BraTS-GLI-00001-000-t1n.nii.gz",
-                   REAL_DATA / "TCGA-DU-7294" / "TCGA-DU-7294_t1_bet_normalized.nii.gz"]  # fmt: skip
-    histograms = []
-    for path in training_t1:
-        prepared = portable.prepare_volume(read_volume(path), config.data)
-        histograms.append(portable.intensity_histogram(prepared.slices, prepared.mask))
-    reference = portable.source_reference(histograms, "T1")
-    for name, flagged in (("t1n.nii.gz", False), ("t2w.nii.gz", True)):
-        prepared = portable.prepare_volume(read_volume(case / name), config.data)
-        assert (portable.check_source(prepared, reference) is not None) == flagged
+
+REAL_CASES = {
+    "BraTS-GLI-00001-000": ("BraTS-GLI-00001-000-t1n.nii.gz", "BraTS-GLI-00001-000-t2w.nii.gz"),
+    "BrainLesion-preprocessed_case": ("t1n.nii.gz", "t2w.nii.gz"),
+    "TCGA-DU-7294": ("TCGA-DU-7294_t1_bet_normalized.nii.gz", "TCGA-DU-7294_t2_bet_normalized.nii.gz"),
+}
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not REAL_DATA.is_dir(), reason="../shared/data/real-mri is absent")
+def test_contrast_check_on_real_patients():
+    """Each patient held out once, references from the other two: its T1 passes, its T2 is flagged.
+
+    TCGA-DU-7294's T1 lies just past the source threshold; it passes because it is far from the
+    T2 reference (it was a false alarm with the source reference alone)."""
+    data = DataConfig(image_size=64)
+    histograms = {}
+    for case, files in REAL_CASES.items():
+        for contrast, name in zip(("T1", "T2"), files, strict=True):
+            prepared = portable.prepare_volume(read_volume(REAL_DATA / case / name), data)
+            histograms[case, contrast] = (prepared, portable.intensity_histogram(prepared.slices, prepared.mask))
+    for held_out in REAL_CASES:
+        others = [case for case in REAL_CASES if case != held_out]
+        reference = portable.source_reference(
+            [histograms[c, "T1"][1] for c in others], "T1", [histograms[c, "T2"][1] for c in others], "T2"
+        )
+        assert portable.check_source(histograms[held_out, "T1"][0], reference) is None, held_out
+        message = portable.check_source(histograms[held_out, "T2"][0], reference)
+        assert message is not None and "look more like the training T2 images" in message, held_out
+
+
+def _prepared_with_histogram(histogram: np.ndarray) -> portable.PreparedInput:
+    """An input whose brain voxels have exactly ``histogram`` (20 bins, 100 voxels)."""
+    counts = np.round(np.asarray(histogram) * 100).astype(int)
+    values = np.repeat((np.arange(portable.HISTOGRAM_BINS) + 0.5) / portable.HISTOGRAM_BINS, counts)
+    slices = values.reshape(1, 1, 10, 10).astype(np.float32)
+    mask = np.ones_like(slices, dtype=bool)
+    return portable.PreparedInput(slices, mask, mask[0, 0], np.zeros(1, int), {"grid_file": "x.nii"}, {})
+
+
+def _one_bin(index: int) -> np.ndarray:
+    histogram = np.zeros(portable.HISTOGRAM_BINS)
+    histogram[index] = 1.0
+    return histogram
+
+
+def test_contrast_check_uses_the_target_reference():
+    # Source mass in bin 5, target mass in bin 15: one bin is 0.05 of distance.
+    reference = portable.source_reference([_one_bin(5)], "T1", [_one_bin(15)], "T2")
+    assert reference["threshold"] == portable.MIN_THRESHOLD
+    check = portable.check_source
+    assert check(_prepared_with_histogram(_one_bin(6)), reference) is None  # within the threshold
+    assert check(_prepared_with_histogram(_one_bin(2)), reference) is None  # past it, away from T2
+    closer_to_t2 = check(_prepared_with_histogram(_one_bin(11)), reference)
+    assert closer_to_t2 is not None and closer_to_t2.startswith("x.nii: ") and "T2" in closer_to_t2
+    far = check(_prepared_with_histogram(_one_bin(0)), reference)  # 0.25 from T1: past 2 x 0.1
+    assert far is not None and "differ from the training T1 images (distance 0.250 > 0.100)" in far
+    without_target = portable.source_reference([_one_bin(5)], "T1")  # an older model's reference
+    assert check(_prepared_with_histogram(_one_bin(2)), without_target) is not None

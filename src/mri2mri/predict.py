@@ -198,14 +198,15 @@ def reference_from_run(run_dir: Path | None, config: RunConfig) -> dict[str, Any
     if run_dir is None or not is_cache(run_dir / "cache"):
         return None
     try:
-        return reference_from_cache(SliceCache(run_dir / "cache"), config.data.source)
+        return reference_from_cache(SliceCache(run_dir / "cache"), config.data.source, config.data.target)
     except (UserError, OSError, ValueError, KeyError):
         return None  # a damaged cache only costs the contrast check, never the prediction
 
 
-def reference_from_cache(cache, contrast: str) -> dict[str, Any] | None:
-    """Histograms of the training subjects' normalised source brain voxels (a sample of slices)."""
-    histograms = []
+def reference_from_cache(cache, contrast: str, target_contrast: str | None = None) -> dict[str, Any] | None:
+    """Histograms of the training subjects' normalised brain voxels (a sample of slices): the
+    source's, and the target's too when ``target_contrast`` is given."""
+    sources, targets = [], []
     for record in cache.subjects_in("train")[:REFERENCE_SUBJECTS]:
         start, stop = record.rows
         if stop <= start:
@@ -213,12 +214,16 @@ def reference_from_cache(cache, contrast: str) -> dict[str, Any] | None:
         rows = np.unique(
             np.linspace(start, stop - 1, min(REFERENCE_SLICES, stop - start)).astype(int)
         )
-        histogram = portable.intensity_histogram(
-            np.asarray(cache.source[rows]), np.asarray(cache.mask[rows])
-        )
+        mask = np.asarray(cache.mask[rows])
+        histogram = portable.intensity_histogram(np.asarray(cache.source[rows]), mask)
         if histogram.sum() > 0:
-            histograms.append(histogram)
-    return portable.source_reference(histograms, contrast) if histograms else None
+            sources.append(histogram)
+            targets.append(portable.intensity_histogram(np.asarray(cache.target[rows]), mask))
+    if not sources:
+        return None
+    if target_contrast is None:
+        return portable.source_reference(sources, contrast)
+    return portable.source_reference(sources, contrast, targets, target_contrast)
 
 
 # --------------------------------------------------------------------------------------------
