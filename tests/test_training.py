@@ -94,6 +94,25 @@ def test_gan_step_gives_the_weights_of_the_report_loop(d_steps):
             torch.testing.assert_close(value, theirs[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
+def test_loss_scaling_leaves_the_step_unchanged():
+    """fp16 training scales both of G's backward passes and D's; on the CPU the same scaler in
+    fp32 must give the weights of an unscaled step (the fp16 path itself needs a GPU)."""
+    config = tiny_config(gan_loss="lsgan", lambda_feature_matching=5.0, lambda_ssim=1.0)
+    runtime = Runtime(device=torch.device("cpu"), channels_last=False)
+    torch.manual_seed(0)
+    plain = build_networks(config, runtime)
+    scaled = copy.deepcopy(plain)
+    scaled.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    source, target = _batch()
+    for _ in range(3):
+        gan_step(plain, source, target, config, runtime)
+        gan_step(scaled, source, target, config, runtime)
+    assert scaled.scaler.get_scale() == 2.0**12  # no step was skipped for an overflow
+    with torch.no_grad():
+        torch.testing.assert_close(scaled.G(source), plain.G(source), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(scaled.D(source, target), plain.D(source, target), rtol=1e-4, atol=1e-5)
+
+
 def test_loss_d_is_half_the_sum_of_real_and_fake_terms():
     from mri2mri.losses import discriminator_loss
 
