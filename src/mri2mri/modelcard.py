@@ -152,8 +152,10 @@ def model_card_text(
         lines.append(
             f"- Source intensity reference: histogram of {source_reference.get('n_subjects')} training subjects' "
             f"normalised {data.source} brain voxels; `predict` warns when an input's distance to it exceeds "
-            f"{source_reference.get('threshold')}."
-        )
+            f"{source_reference.get('threshold')}"
+            + (f" and the input lies closer to the training {data.target} histogram, or twice that far."
+               if "target_histogram" in source_reference else ".")
+        )  # fmt: skip
     lines += [
         "",
         "## Networks",

@@ -221,9 +221,7 @@ def reference_from_cache(cache, contrast: str, target_contrast: str | None = Non
             targets.append(portable.intensity_histogram(np.asarray(cache.target[rows]), mask))
     if not sources:
         return None
-    if target_contrast is None:
-        return portable.source_reference(sources, contrast)
-    return portable.source_reference(sources, contrast, targets, target_contrast)
+    return portable.source_reference(sources, contrast, targets if target_contrast else None, target_contrast)
 
 
 # --------------------------------------------------------------------------------------------
