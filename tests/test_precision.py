@@ -116,3 +116,26 @@ def test_a_compile_failure_at_the_first_call_falls_back_to_eager(monkeypatch):
     assert torch.equal(wrapped(source), out)  # eager from then on, no second warning
     assert set(wrapped.state_dict()) == {f"module.{key}" for key in G.state_dict()}
     assert runtime_module.maybe_compile(G, enabled=False) is G
+
+
+def test_a_bf16_channels_last_training_step_follows_the_fp32_step():
+    """What a GPU runs by default (bf16 autocast + channels_last), here on the CPU: one GAN step
+    keeps fp32 weights and gives the fp32 step's losses to bf16 precision."""
+    from conftest import tiny_config
+
+    from mri2mri.training import build_networks, gan_step
+
+    config = tiny_config()
+    source = torch.linspace(-1, 1, 4 * 32 * 32).reshape(4, 1, 32, 32).sin()
+    target = -source
+    results = {}
+    for precision, channels_last in (("fp32", False), ("bf16", True)):
+        runtime = Runtime(device=torch.device("cpu"), precision=precision, channels_last=channels_last)
+        torch.manual_seed(0)
+        nets = build_networks(config, runtime)
+        results[precision] = gan_step(nets, runtime.to_device(source), runtime.to_device(target), config, runtime)
+        assert all(p.dtype == torch.float32 for p in nets.G.parameters())
+    fp32, bf16 = results["fp32"], results["bf16"]
+    assert not bf16.skipped
+    assert bf16.loss_L1 == pytest.approx(fp32.loss_L1, rel=2e-2)
+    assert bf16.loss_D == pytest.approx(fp32.loss_D, rel=5e-2)
