@@ -226,3 +226,17 @@ def test_a_run_name_cannot_write_outside_the_run_folder(tiny_cache, tmp_path, na
     with pytest.raises(UserError, match="safe file name"):
         train(tiny_config(epochs=1, run_name=name), tiny_cache, tmp_path / "run", progress=False)
     assert not any(tmp_path.parent.glob("escape*"))
+
+
+@pytest.mark.parametrize("fast_bf16", [False, True])
+def test_the_start_line_says_what_trains_where(monkeypatch, fast_bf16):
+    from mri2mri import training as training_module
+
+    monkeypatch.setattr(training_module, "cpu_has_fast_bf16", lambda: fast_bf16)
+    config = tiny_config()
+    runtime = Runtime(device=torch.device("cpu"), channels_last=True)
+    line = training_module._start_line(config, build_networks(config, runtime), runtime, 12, 4, 3)
+    assert line.startswith("training unet G (")
+    assert "basic D (" in line and "cpu, " in line and "fp32 + channels_last" in line
+    assert "12 slices, batch 4, 3 steps/epoch" in line
+    assert ("--precision bf16" in line) == fast_bf16  # a hint only where bf16 is native

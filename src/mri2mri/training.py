@@ -50,6 +50,7 @@ from mri2mri.runfolder import RunFolder, RunLock
 from mri2mri.runtime import (
     Runtime,
     barrier,
+    cpu_has_fast_bf16,
     maybe_compile,
     seed_everything,
     setup_runtime,
@@ -544,6 +545,8 @@ def _loop(
     device_augmentation = _device_augmentation(config, runtime)
     history: list[dict[str, Any]] = []
     bad_in_a_row = 0
+    if show_progress and runtime.is_main:
+        tqdm.write(_start_line(config, nets, runtime, len(train_set), batch_size, steps_per_epoch))
     with _StopFlag() as stop:
         while state.epoch < train.epochs:
             sampler.set_epoch(state.epoch, state.step_in_epoch)
@@ -651,6 +654,24 @@ def make_train_loader(
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
     )
+
+
+def _start_line(config: RunConfig, nets: Networks, runtime: Runtime, n_slices: int, batch_size: int,
+                steps_per_epoch: int) -> str:  # fmt: skip
+    """What is trained, where and how: one line before the first progress bar."""
+    model, train = config.model, config.train
+    where = runtime.device.type + (f" x{runtime.world_size}" if runtime.world_size > 1 else "")
+    if runtime.device.type == "cpu":
+        where += f", {torch.get_num_threads()} threads"
+    line = (
+        f"training {model.generator} G ({count_parameters(_unwrap(nets.G)) / 1e6:.2f} M) + "
+        f"{model.discriminator} D ({count_parameters(_unwrap(nets.D)) / 1e6:.2f} M), {train.gan_loss}; "
+        f"{where}, {runtime.precision}{' + channels_last' if runtime.channels_last else ''}; "
+        f"{n_slices} slices, batch {batch_size}, {steps_per_epoch} steps/epoch"
+    )
+    if runtime.device.type == "cpu" and runtime.precision == "fp32" and cpu_has_fast_bf16():
+        line += "\n(this CPU has native bf16: --precision bf16 trains about 2x faster, with bf16 rounding)"
+    return line
 
 
 def _account(state: Progress, result: StepResult, images: int, seconds: float) -> None:
