@@ -482,8 +482,10 @@ def _train(
             if not resume:
                 _start_history(folder.history)
         barrier(runtime)
-        return _loop(config, cache, train_set, val_set, batch_size, folder, nets, state, runtime,
-                     show_progress, checkpoint_every)  # fmt: skip
+        result = _loop(config, cache, train_set, val_set, batch_size, folder, nets, state, runtime,
+                       show_progress, checkpoint_every)  # fmt: skip
+        barrier(runtime)  # all ranks leave together, after rank 0 has written the run folder
+        return result
     finally:
         lock.release()
 
@@ -580,8 +582,9 @@ def _loop(
                     loss_G=f"{result.loss_G:.3f}", loss_D=f"{result.loss_D:.3f}",
                     img_s=f"{epoch_images / max(time.perf_counter() - epoch_start, 1e-9):.1f}",
                 )  # fmt: skip
-                if bad_in_a_row >= train.max_bad_steps:
+                if bad_in_a_row >= train.max_bad_steps:  # skips are agreed: every rank stops here
                     bar.close()
+                    barrier(runtime)
                     raise TrainingStopped(
                         f"training stopped: {bad_in_a_row} steps in a row had a non-finite loss or "
                         f"gradient (learning rate {train.lr:g} too high?); the last good checkpoint "
@@ -599,6 +602,7 @@ def _loop(
             if interrupted:
                 _save(folder.last, nets, config, state, runtime, extras)
                 _finish(folder, nets, config, state, runtime, steps_per_epoch)
+                barrier(runtime)  # the stop is agreed: every rank leaves once rank 0 has written
                 raise TrainingStopped(
                     f"training interrupted by {stop.signal_name or 'a signal'} at epoch "
                     f"{state.epoch + 1}, step {state.global_step}; checkpoint written to "
