@@ -537,7 +537,9 @@ def _loop(
     train = config.train
     indexed = EpochIndexed(train_set, train.seed)
     # Saved in every checkpoint: what `predict` needs to warn about an input of the wrong contrast.
-    extras = {"source_reference": reference_from_cache(cache, config.data.source, config.data.target)} if runtime.is_main else {}
+    extras = {}
+    if runtime.is_main:
+        extras["source_reference"] = reference_from_cache(cache, config.data.source, config.data.target)
     steps_per_epoch = len(train_set) // batch_size
     if train.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, train.max_steps_per_epoch)
