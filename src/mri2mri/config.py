@@ -40,6 +40,29 @@ class DataConfig:
         return 2 * self.context_slices + 1
 
 
+@dataclass(frozen=True, kw_only=True)
+class AugmentationConfig:
+    """How much ``--augment`` changes a training sample, shared by the per-sample TorchIO
+    transform (``data/augment.py``) and the batched one on the device (``data/gpu_augment.py``).
+
+    Flip and affine act on source, target and mask alike; bias field, noise and gamma on the
+    source only. Probabilities are per sample; ``degrees``, ``scale`` and ``translation_pixels``
+    bound the in-plane affine map.
+    """
+
+    flip_probability: float = 0.5
+    affine_probability: float = 0.5
+    degrees: float = 5.0
+    scale: float = 0.05
+    translation_pixels: float = 4.0
+    bias_probability: float = 0.3
+    bias_coefficients: float = 0.3
+    noise_probability: float = 0.3
+    noise_std: float = 0.03
+    gamma_probability: float = 0.3
+    log_gamma: float = 0.2
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Which networks, and their options."""

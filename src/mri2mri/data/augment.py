@@ -22,61 +22,54 @@ TorchIO's small tensor operations slow down badly when threads contend.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cached_property
+
 import torch
 import torchio as tio
 
-from mri2mri.config import DataConfig
+from mri2mri.config import AugmentationConfig, DataConfig
 from mri2mri.data.dataset import Sample, Transform, to_model_range, to_unit_range
 
 
-class MRIAugmentation:
+@dataclass(frozen=True)
+class MRIAugmentation(AugmentationConfig):
     """Random flips and small affine maps on the whole sample; bias, noise and gamma on the source."""
 
-    def __init__(
-        self,
-        *,
-        flip_probability: float = 0.5,
-        affine_probability: float = 0.5,
-        degrees: float = 5.0,
-        scale: float = 0.05,
-        translation_pixels: float = 4.0,
-        bias_probability: float = 0.3,
-        bias_coefficients: float = 0.3,
-        noise_probability: float = 0.3,
-        noise_std: float = 0.03,
-        gamma_probability: float = 0.3,
-        log_gamma: float = 0.2,
-    ):
+    @cached_property
+    def transform(self) -> tio.Compose:
+        """The TorchIO pipeline for these settings, built at first use."""
+        scale, degrees, shift = self.scale, self.degrees, self.translation_pixels
         geometric = [
-            tio.RandomFlip(axes=(1,), flip_probability=flip_probability, copy=False),
+            tio.RandomFlip(axes=(1,), flip_probability=self.flip_probability, copy=False),
             tio.RandomAffine(
                 scales=(1 - scale, 1 + scale, 1 - scale, 1 + scale, 1, 1),
                 degrees=(0, 0, 0, 0, -degrees, degrees),  # in-plane only: about the slice normal
-                translation=(-translation_pixels, translation_pixels) * 2 + (0, 0),
+                translation=(-shift, shift) * 2 + (0, 0),
                 default_pad_value="minimum",
-                p=affine_probability,
+                p=self.affine_probability,
                 copy=False,
             ),
         ]
         acquisition = [
             tio.RandomBiasField(
-                coefficients=bias_coefficients,
+                coefficients=self.bias_coefficients,
                 order=3,
-                p=bias_probability,
+                p=self.bias_probability,
                 include=["source"],
                 copy=False,
             ),
             tio.RandomNoise(
-                std=(0.0, noise_std), p=noise_probability, include=["source"], copy=False
+                std=(0.0, self.noise_std), p=self.noise_probability, include=["source"], copy=False
             ),
             tio.RandomGamma(
-                log_gamma=(-log_gamma, log_gamma),
-                p=gamma_probability,
+                log_gamma=(-self.log_gamma, self.log_gamma),
+                p=self.gamma_probability,
                 include=["source"],
                 copy=False,
             ),
         ]
-        self.transform = tio.Compose(geometric + acquisition, copy=False)
+        return tio.Compose(geometric + acquisition, copy=False)
 
     def __call__(self, sample: Sample) -> Sample:
         subject = tio.Subject(

@@ -26,28 +26,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from mri2mri.config import AugmentationConfig
+
 # Exponents (i, j) of x**i * y**j for a polynomial bias field of order 3 (TorchIO's default).
 _BIAS_TERMS = [(i, j) for i in range(4) for j in range(4 - i)]
 
 
 @dataclass(frozen=True)
-class BatchAugmentation:
-    """Random flips and small affine maps on the whole sample; bias, noise and gamma on the source.
-
-    The defaults are those of ``augment.MRIAugmentation``.
-    """
-
-    flip_probability: float = 0.5
-    affine_probability: float = 0.5
-    degrees: float = 5.0
-    scale: float = 0.05
-    translation_pixels: float = 4.0
-    bias_probability: float = 0.3
-    bias_coefficients: float = 0.3
-    noise_probability: float = 0.3
-    noise_std: float = 0.03
-    gamma_probability: float = 0.3
-    log_gamma: float = 0.2
+class BatchAugmentation(AugmentationConfig):
+    """Random flips and small affine maps on the whole sample; bias, noise and gamma on the source."""
 
     def __call__(
         self,
