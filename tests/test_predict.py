@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
+from test_data_io import write_dicom_series
 
 from mri2mri import portable
 from mri2mri.checkpoint import save_checkpoint
@@ -210,39 +211,8 @@ def test_predict_nifti_on_the_input_grid_with_the_learnt_contrast(run_dir, t1_fi
     assert correlation(data[mask], expected[mask]) > 0.7
 
 
-def write_dicom_series(folder: Path, canonical: np.ndarray, spacing=SPACING) -> Path:
-    """Axial DICOM slices (LPS: rows anterior->posterior, columns right->left) of a canonical array."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-
-    folder.mkdir(parents=True)
-    n_i, n_j, n_k = canonical.shape
-    stored = np.round(canonical).astype(np.uint16)
-    series = generate_uid()
-    for k in range(n_k):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MRImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.SeriesInstanceUID, ds.Modality = series, "MR"
-        ds.Rows, ds.Columns = n_j, n_i
-        ds.PixelSpacing = [spacing[1], spacing[0]]
-        ds.SliceThickness = spacing[2]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [-(n_i - 1) * spacing[0], -(n_j - 1) * spacing[1], k * spacing[2]]
-        ds.InstanceNumber = n_k - k  # file order unrelated to position
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.PixelData = np.ascontiguousarray(stored[::-1, ::-1, k].T).tobytes()
-        ds.save_as(folder / f"IM{n_k - k:04d}.dcm", enforce_file_format=True)
-    return folder
-
-
 def test_predict_dicom_series(run_dir, tmp_path):
-    series = write_dicom_series(tmp_path / "T1", brain_pair(seed=12)[0])
+    series = write_dicom_series(tmp_path / "T1", brain_pair(seed=12)[0], SPACING, slope=1.0, intercept=0.0)
     output = tmp_path / "dicom_T2.nii"
     predict_path(run_dir, series, output, device="cpu")
     volume = read_volume(series)
@@ -281,7 +251,7 @@ def test_batch_folder_writes_one_output_per_input(run_dir, t1_file, tmp_path):
         save_oblique(inputs / f"sub-{seed}_T1.nii.gz", brain_pair(seed=seed)[0])
     plane = np.rot90(brain_pair(seed=16)[0][:, :, 8])
     Image.fromarray(np.round(plane * 40).astype(np.uint16)).save(inputs / "slice.tif")
-    write_dicom_series(inputs / "sub-17_dicom", brain_pair(seed=17)[0])
+    write_dicom_series(inputs / "sub-17_dicom", brain_pair(seed=17)[0], SPACING, slope=1.0, intercept=0.0)
     written = predict_path(run_dir, inputs, tmp_path / "out", device="cpu")
     assert sorted(p.name for p in written) == sorted(
         [
