@@ -8,6 +8,7 @@ baseline is the median of the per-round ratios.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -19,7 +20,44 @@ from typing import Any
 
 import torch
 
+from mri2mri.config import ModelConfig, TrainConfig
+from mri2mri.models import GENERATORS, minimum_image_size
+
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, seconds_per_generator: float | None) -> None:
+    """The options the training and inference benchmarks share."""
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    parser.add_argument("--size", type=int, default=128, help="image size (unet256 uses 256)")
+    parser.add_argument("--base-channels", type=int, default=64)
+    parser.add_argument("--generators", default=",".join(GENERATORS), help="comma-separated names")
+    parser.add_argument("--variants", default=None, help="library settings to time, e.g. fp32,fp32+cl,bf16+cl")
+    parser.add_argument("--compile", action="store_true", help="torch.compile in the default optimised variant")
+    parser.add_argument("--seconds-per-generator", type=float, default=seconds_per_generator)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one round: a smoke test")
+    parser.add_argument("--out", type=Path, default=None)
+
+
+def variants_to_time(args: argparse.Namespace, device: torch.device) -> list[str]:
+    """``--variants``, or the library's default settings on ``device`` (plus --compile)."""
+    return args.variants.split(",") if args.variants else [default_variant(device, args.compile)]
+
+
+def default_variant(device: torch.device, compile_model: bool) -> str:
+    """What ``mri2mri`` does by default on this device: bf16 + channels_last on a GPU, the
+    training defaults elsewhere (plus --compile when asked)."""
+    defaults = TrainConfig()
+    parts = ["bf16", "cl"] if device.type == "cuda" else [defaults.precision] + (["cl"] if defaults.channels_last else [])
+    if compile_model or defaults.compile:
+        parts.append("compile")
+    return "+".join(parts)
+
+
+def valid_size(model: ModelConfig, size: int) -> int:
+    """``size``, or the smallest size the generator accepts above it (unet256 needs 256)."""
+    stride = GENERATORS[model.generator].total_stride
+    return max(minimum_image_size(model), -(-size // stride) * stride)
 
 
 def machine(device: torch.device) -> dict[str, Any]:

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import format_table, machine, synchronize, warm_up, write_results
-from bench_train import batch, default_variant, library_step
+from _common import default_variant, format_table, machine, synchronize, warm_up, write_results
+from bench_train import batch, library_step
 
 from mri2mri.config import ModelConfig
 from mri2mri.data.cache import CacheWriter, SliceCache, SubjectRecord, SubjectSlices

@@ -18,14 +18,21 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
-from _common import interleaved_rates, run_and_report, summarise, warm_up
+from _common import (
+    add_common_arguments,
+    interleaved_rates,
+    run_and_report,
+    summarise,
+    valid_size,
+    variants_to_time,
+    warm_up,
+)
 
 from mri2mri.config import ModelConfig
-from mri2mri.models import GENERATORS, build_generator, minimum_image_size
+from mri2mri.models import build_generator
 from mri2mri.runtime import Runtime, maybe_compile, resolve_device, setup_runtime
 
 Run = Callable[[], None]
@@ -63,16 +70,6 @@ def library_inference(
     return run
 
 
-def default_variant(device: torch.device, compile_model: bool) -> str:
-    parts = ["bf16" if device.type == "cuda" else "fp32", "cl"]
-    return "+".join(parts + (["compile"] if compile_model else []))
-
-
-def valid_size(model: ModelConfig, size: int) -> int:
-    stride = GENERATORS[model.generator].total_stride
-    return max(minimum_image_size(model), -(-size // stride) * stride)
-
-
 def measure(name: str, args: argparse.Namespace, device: torch.device, variants: list[str]) -> dict:
     model = ModelConfig(generator=name, base_channels=args.base_channels)
     size = valid_size(model, args.size)
@@ -106,18 +103,10 @@ def measure(name: str, args: argparse.Namespace, device: torch.device, variants:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    parser.add_argument("--size", type=int, default=128, help="image size (unet256 uses 256)")
+    add_common_arguments(parser, seconds_per_generator=30.0)
     parser.add_argument("--batch-size", type=int, default=None,
                         help="slices per batch of the optimised path (8 on a CPU, 64 on a GPU)")  # fmt: skip
     parser.add_argument("--slices", type=int, default=None, help="slices per timed round")
-    parser.add_argument("--base-channels", type=int, default=64)
-    parser.add_argument("--generators", default=",".join(GENERATORS), help="comma-separated names")
-    parser.add_argument("--variants", default=None, help="library settings to time, e.g. fp32,fp32+cl")
-    parser.add_argument("--compile", action="store_true", help="torch.compile in the default optimised variant")
-    parser.add_argument("--seconds-per-generator", type=float, default=30.0)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, one round: a smoke test")
-    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
 
     device = resolve_device(args.device)
@@ -131,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.size, args.base_channels, args.slices, args.batch_size = 32, 8, 8, 4
         args.min_rounds = args.max_rounds = 1
-    variants = args.variants.split(",") if args.variants else [default_variant(device, args.compile)]
+    variants = variants_to_time(args, device)
 
     return run_and_report(
         "bench_predict", lambda name: measure(name, args, device, variants), args.generators.split(","), variants,

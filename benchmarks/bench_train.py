@@ -27,15 +27,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import torch
-from _common import interleaved_rates, run_and_report, summarise, warm_up
+from _common import (
+    add_common_arguments,
+    interleaved_rates,
+    run_and_report,
+    summarise,
+    valid_size,
+    variants_to_time,
+    warm_up,
+)
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from mri2mri.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from mri2mri.models import GENERATORS, build_discriminator, build_generator, minimum_image_size
+from mri2mri.models import build_discriminator, build_generator
 from mri2mri.runtime import Runtime, resolve_device, setup_runtime
 from mri2mri.training import build_networks, gan_step
 
@@ -84,15 +91,6 @@ def plain_report_step(model: ModelConfig, source: torch.Tensor, target: torch.Te
 # --------------------------------------------------------------------------------------------
 
 
-def default_variant(device: torch.device, compile_model: bool) -> str:
-    """What ``mri2mri train`` does by default on this device (plus --compile when asked)."""
-    defaults = TrainConfig()
-    parts = ["bf16", "cl"] if device.type == "cuda" else [defaults.precision] + (["cl"] if defaults.channels_last else [])
-    if compile_model or defaults.compile:
-        parts.append("compile")
-    return "+".join(parts)
-
-
 def library_step(
     variant: str, model: ModelConfig, size: int, source: torch.Tensor, target: torch.Tensor, device: torch.device
 ) -> Step:
@@ -138,12 +136,6 @@ def with_defaults(step: Step, device: torch.device) -> Step:
 # --------------------------------------------------------------------------------------------
 # Measurement
 # --------------------------------------------------------------------------------------------
-
-
-def valid_size(model: ModelConfig, size: int) -> int:
-    """``size``, or the smallest size the generator accepts above it (unet256 needs 256)."""
-    stride = GENERATORS[model.generator].total_stride
-    return max(minimum_image_size(model), -(-size // stride) * stride)
 
 
 def batch(size: int, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,16 +201,8 @@ def measure(name: str, args: argparse.Namespace, device: torch.device, variants:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    parser.add_argument("--size", type=int, default=128, help="image size (unet256 uses 256)")
+    add_common_arguments(parser, seconds_per_generator=None)  # None: 30 s on a GPU, 36 s on a CPU
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--base-channels", type=int, default=64)
-    parser.add_argument("--generators", default=",".join(GENERATORS), help="comma-separated names")
-    parser.add_argument("--variants", default=None, help="library settings to time, e.g. fp32,fp32+cl,bf16+cl")
-    parser.add_argument("--compile", action="store_true", help="torch.compile in the default optimised variant")
-    parser.add_argument("--seconds-per-generator", type=float, default=None)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, one round: a smoke test")
-    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
 
     device = resolve_device(args.device)
@@ -232,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.size, args.batch_size, args.base_channels = 32, 2, 8
         args.warmup, args.calls_per_round, args.min_rounds, args.max_rounds = 1, 1, 1, 1
-    variants = args.variants.split(",") if args.variants else [default_variant(device, args.compile)]
+    variants = variants_to_time(args, device)
 
     return run_and_report(
         "bench_train", lambda name: measure(name, args, device, variants), args.generators.split(","), variants,
