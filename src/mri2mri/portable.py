@@ -23,6 +23,7 @@ import numpy as np
 from mri2mri.config import DataConfig
 from mri2mri.data.geometry import (
     brain_mask,
+    check_not_constant,
     image_geometry,
     image_mask,
     normalise,
@@ -31,7 +32,6 @@ from mri2mri.data.geometry import (
     volume_to_slices,
 )
 from mri2mri.data.io import Volume
-from mri2mri.errors import DataError
 
 # --------------------------------------------------------------------------------------------
 # One input, prepared as training prepared its source
@@ -52,15 +52,9 @@ class PreparedInput:
 def prepare_volume(volume: Volume, data_config: DataConfig) -> PreparedInput:
     """Every axial slice of a source volume, masked, normalised and sliced as training did
     (:func:`mri2mri.data.preprocess.prepare_subject`), for :func:`~mri2mri.data.geometry.slices_to_volume`."""
-    if volume.data.size == 0 or float(np.ptp(volume.data)) == 0.0:
-        raise DataError(
-            f"{volume.path}: constant volume (every voxel is {float(volume.data.flat[0]):g})"
-        )
+    check_not_constant(volume)
     mask = brain_mask(volume.data)
-    try:
-        data01, low, high = normalise(volume.data, mask, data_config.percentiles)
-    except DataError as error:
-        raise DataError(f"{volume.path}: {error}") from None
+    data01, low, high = normalise(volume.data, mask, data_config.percentiles, where=str(volume.path))
     indices = np.arange(volume.data.shape[2])
     geometry = plan_geometry(mask, data_config.image_size, reference=volume,
                              context_slices=data_config.context_slices)  # fmt: skip
@@ -77,10 +71,7 @@ def prepare_volume(volume: Volume, data_config: DataConfig) -> PreparedInput:
 def prepare_image(image: np.ndarray, data_config: DataConfig, path: str = "") -> PreparedInput:
     """A 2D source image as data.png prepares one: the source repeated over the context channels."""
     mask = image_mask(image)
-    try:
-        image01, low, high = normalise(image, mask, data_config.percentiles)
-    except DataError as error:
-        raise DataError(f"{path}: {error}") from None
+    image01, low, high = normalise(image, mask, data_config.percentiles, where=path)
     geometry = image_geometry(image.shape, data_config.image_size, data_config.context_slices, path)
     planes = np.repeat(image01[None, None], data_config.in_channels, axis=1)
     return PreparedInput(

@@ -125,20 +125,34 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(centres[int(np.argmax(between[:-1]))])
 
 
+def check_not_constant(volume: Volume, role: str = "") -> None:
+    """A :class:`DataError` naming the file when every voxel of ``volume`` has one value."""
+    if volume.data.size == 0 or float(np.ptp(volume.data)) == 0.0:
+        value = float(volume.data.flat[0]) if volume.data.size else float("nan")
+        what = f"constant {role} volume" if role else "constant volume"
+        raise DataError(f"{volume.path}: {what} (every voxel is {value:g})")
+
+
 def normalise(
-    volume: np.ndarray, mask: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)
+    volume: np.ndarray,
+    mask: np.ndarray,
+    percentiles: tuple[float, float] = (0.5, 99.5),
+    *,
+    where: str | None = None,
 ) -> tuple[np.ndarray, float, float]:
     """Clip to the given percentiles of the masked voxels and scale to [0, 1].
 
     Returns ``(array01, low, high)``; :func:`denormalise` with the same ``low, high`` maps back.
-    Raises :class:`DataError` when the mask is empty or the window has zero width.
+    Raises :class:`DataError` when the mask is empty or the window has zero width; its message
+    starts with ``where`` (the file) when given.
     """
+    prefix = "" if where is None else f"{where}: "
     values = volume[mask]
     if values.size == 0:
-        raise DataError("empty brain mask: no voxel to normalise on")
+        raise DataError(f"{prefix}empty brain mask: no voxel to normalise on")
     low, high = (float(v) for v in np.percentile(values, percentiles))
     if not high > low:
-        raise DataError(f"constant intensity {low:g} inside the brain mask")
+        raise DataError(f"{prefix}constant intensity {low:g} inside the brain mask")
     scaled = (volume.astype(np.float32) - np.float32(low)) / np.float32(high - low)
     return np.clip(scaled, 0.0, 1.0, out=scaled), low, high
 

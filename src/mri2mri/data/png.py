@@ -121,12 +121,10 @@ def image_pair_slices(pair: ImagePair, data_config: DataConfig) -> SubjectSlices
             f"{pair.source} ({source.shape[1]}x{source.shape[0]})"
         )
     mask = image_mask(source, target)
-    windows = {}
-    for role, image, path in (("source", source, pair.source), ("target", target, pair.target)):
-        try:
-            windows[role] = normalise(image, mask, data_config.percentiles)
-        except DataError as error:
-            raise DataError(f"{path}: {error}") from None
+    windows = {
+        role: normalise(image, mask, data_config.percentiles, where=str(path))
+        for role, image, path in (("source", source, pair.source), ("target", target, pair.target))
+    }
 
     geometry = image_geometry(
         source.shape, data_config.image_size, data_config.context_slices, str(pair.target)

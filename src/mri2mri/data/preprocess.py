@@ -39,6 +39,7 @@ from mri2mri.data.cache import CacheWriter, SliceCache, SubjectRecord, SubjectSl
 from mri2mri.data.discovery import SubjectPair, canonical_contrast, discover_pairs
 from mri2mri.data.geometry import (
     brain_mask,
+    check_not_constant,
     normalise,
     plan_geometry,
     select_slices,
@@ -180,8 +181,8 @@ def prepare_subject(pair: SubjectPair, data_config: DataConfig) -> SubjectSlices
     """Read, align, mask, normalise and slice one subject; :class:`DataError` names the file."""
     source = read_volume(pair.source)
     target = read_volume(pair.target)
-    _check_not_constant(source, "source")
-    _check_not_constant(target, "target")
+    check_not_constant(source, "source")
+    check_not_constant(target, "target")
 
     registration = None
     if data_config.register:
@@ -201,11 +202,11 @@ def prepare_subject(pair: SubjectPair, data_config: DataConfig) -> SubjectSlices
         source_data = source.data
 
     mask = brain_mask(source_data, target.data)
-    source01, source_low, source_high = _normalise_named(
-        source, source_data, mask, data_config.percentiles
+    source01, source_low, source_high = normalise(
+        source_data, mask, data_config.percentiles, where=str(source.path)
     )
-    target01, target_low, target_high = _normalise_named(
-        target, target.data, mask, data_config.percentiles
+    target01, target_low, target_high = normalise(
+        target.data, mask, data_config.percentiles, where=str(target.path)
     )
     indices = select_slices(mask, data_config.min_brain_fraction)
     if indices.size == 0:
@@ -237,19 +238,6 @@ def prepare_subject(pair: SubjectPair, data_config: DataConfig) -> SubjectSlices
         target=volume_to_slices(target01, geometry, indices),
         mask=volume_to_slices(mask.astype(np.float32), geometry, indices) >= 0.5,
     )
-
-
-def _check_not_constant(volume: Volume, role: str) -> None:
-    if volume.data.size == 0 or float(np.ptp(volume.data)) == 0.0:
-        value = float(volume.data.flat[0]) if volume.data.size else float("nan")
-        raise DataError(f"{volume.path}: constant {role} volume (every voxel is {value:g})")
-
-
-def _normalise_named(volume: Volume, data, mask, percentiles):
-    try:
-        return normalise(data, mask, percentiles)
-    except DataError as error:
-        raise DataError(f"{volume.path}: {error}") from None
 
 
 # --------------------------------------------------------------------------------------------
