@@ -15,7 +15,6 @@ from mri2mri.data.io import (
     read_dicom_series,
     read_image_2d,
     read_volume,
-    write_nifti,
 )
 from mri2mri.errors import DataError
 
@@ -95,16 +94,6 @@ def test_read_volume_rejects_corrupt_truncated_and_nan(tmp_path):
         read_volume(_save(tmp_path / "nan.nii.gz", nan, np.eye(4)))
     with pytest.raises(DataError, match="no such file"):
         read_volume(tmp_path / "missing.nii.gz")
-
-
-def test_write_nifti_is_atomic_and_round_trips(tmp_path):
-    data = np.random.default_rng(0).random((6, 7, 5)).astype(np.float32)
-    out = write_nifti(tmp_path / "sub" / "out.nii.gz", data, _RAS_AFFINE, description="mri2mri T2")
-    assert sorted(p.name for p in out.parent.iterdir()) == ["out.nii.gz"]  # no temp file left
-    image = nib.load(str(out))
-    np.testing.assert_allclose(image.get_fdata(), data, atol=1e-6)
-    np.testing.assert_allclose(image.affine, _RAS_AFFINE)
-    assert b"mri2mri T2" in image.header["descrip"].tobytes()
 
 
 # ---------------------------------------------------------------------------------- DICOM

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from mri2mri.errors import UserError
+from mri2mri.errors import UserError, first_line
 
 CHECKSUM_KEY = "sha256"
 
@@ -108,7 +108,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error)
         if "weights_only" in str(error) or "Unsupported global" in str(error):
             raise CheckpointError(
                 f"{path}: refused to load: the file contains Python objects other than tensors "

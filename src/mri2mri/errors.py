@@ -17,3 +17,10 @@ class DataError(UserError):
 
 class ConfigError(UserError, ValueError):
     """An unknown choice or an incompatible combination of options."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty), for
+    quoting a library's error inside one of ours."""
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

@@ -53,7 +53,7 @@ from mri2mri import __version__, portable
 from mri2mri.config import DataConfig, RunConfig
 from mri2mri.data.geometry import slices_to_volume, square_to_planes
 from mri2mri.data.io import is_image_2d, is_nifti, read_image_2d, read_volume
-from mri2mri.errors import ConfigError, DataError, UserError
+from mri2mri.errors import ConfigError, DataError, UserError, first_line
 
 # (B, C, S, S) float32 in [-1, 1] -> (B, 1, S, S) float32 in [-1, 1]
 Runner = Callable[[np.ndarray], np.ndarray]
@@ -132,7 +132,7 @@ def load_onnx_model(
     try:
         session = ort.InferenceSession(str(path), providers=providers)
     except Exception as error:  # onnxruntime raises its own exception types for bad files
-        raise DataError(f"{path}: unreadable ONNX model ({_first_line(error)})") from None
+        raise DataError(f"{path}: unreadable ONNX model ({first_line(error)[:200]})") from None
     meta = session.get_modelmeta().custom_metadata_map
     if META_CONFIG not in meta:
         raise DataError(
@@ -469,8 +469,3 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:200] if text else type(error).__name__

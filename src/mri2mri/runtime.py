@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from mri2mri.errors import ConfigError
+from mri2mri.errors import ConfigError, first_line
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -198,8 +198,7 @@ class CompiledOrEager(torch.nn.Module):
         try:
             out = self.compiled(*args, **kwargs)
         except Exception as error:  # a genuine error in the module raises again below
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            warnings.warn(f"torch.compile failed ({first_line}); running eagerly", stacklevel=2)
+            warnings.warn(f"torch.compile failed ({first_line(error)}); running eagerly", stacklevel=2)
             self.__dict__["compiled"] = None
             return self.module(*args, **kwargs)
         self.checked = True

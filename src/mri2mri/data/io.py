@@ -13,8 +13,6 @@ geometry is converted to the RAS affine that NIfTI uses.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
-from mri2mri.errors import DataError
+from mri2mri.errors import DataError, first_line
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
@@ -92,7 +90,7 @@ def read_volume(path: Path | str) -> Volume:
         raise
     except Exception as error:  # nibabel raises many types for corrupt or truncated files
         raise DataError(
-            f"{path}: unreadable NIfTI ({type(error).__name__}: {_first_line(error)})"
+            f"{path}: unreadable NIfTI ({type(error).__name__}: {first_line(error)})"
         ) from None
     return _checked_volume(data, canonical.affine, image.affine, image.shape, path)
 
@@ -130,30 +128,6 @@ def canonical_to_original(array: np.ndarray, original_affine: np.ndarray) -> np.
     return np.ascontiguousarray(apply_orientation(array, transform))
 
 
-def write_nifti(
-    path: Path | str, data: np.ndarray, affine: np.ndarray, *, description: str = ""
-) -> Path:
-    """Write a float32 NIfTI atomically: a temporary file in the same folder, then a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image = nib.Nifti1Image(
-        np.asarray(data, dtype=np.float32), np.asarray(affine, dtype=np.float64)
-    )
-    image.header["descrip"] = description.encode("ascii", "replace")[:79]
-    image.set_qform(image.affine, code=1)
-    image.set_sform(image.affine, code=1)
-    suffix = ".nii.gz" if str(path).lower().endswith(".gz") else ".nii"
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(handle)
-    try:
-        nib.save(image, tmp_name)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
-
-
 # --------------------------------------------------------------------------------------------
 # DICOM
 
@@ -174,7 +148,7 @@ def read_dicom_series(folder: Path | str) -> Volume:
             dataset = pydicom.dcmread(str(file), force=file.suffix.lower() == ".dcm")
         except Exception as error:
             if file.suffix.lower() == ".dcm":
-                raise DataError(f"{file}: unreadable DICOM ({_first_line(error)})") from None
+                raise DataError(f"{file}: unreadable DICOM ({first_line(error)})") from None
             continue  # not a DICOM file (a README, a DICOMDIR listing...): ignore it
         if "PixelData" in dataset:
             slices.append((file, dataset))
@@ -192,7 +166,7 @@ def read_dicom_series(folder: Path | str) -> Volume:
         row_spacing, column_spacing = (float(v) for v in first.PixelSpacing)
     except (AttributeError, ValueError, TypeError) as error:
         raise DataError(
-            f"{folder}: DICOM slices lack position/orientation ({_first_line(error)})"
+            f"{folder}: DICOM slices lack position/orientation ({first_line(error)})"
         ) from None
 
     order = np.argsort([float(p @ normal) for p in positions], kind="stable")
@@ -202,7 +176,7 @@ def read_dicom_series(folder: Path | str) -> Volume:
         try:
             pixels = dataset.pixel_array.astype(np.float32)
         except Exception as error:
-            raise DataError(f"{file}: unreadable DICOM pixels ({_first_line(error)})") from None
+            raise DataError(f"{file}: unreadable DICOM pixels ({first_line(error)})") from None
         if pixels.ndim != 2 or (planes and pixels.shape != planes[0].shape):
             raise DataError(f"{file}: slice of shape {pixels.shape} in a series of another shape")
         slope = float(getattr(dataset, "RescaleSlope", 1.0) or 1.0)
@@ -261,7 +235,7 @@ def read_image_2d(path: Path | str) -> np.ndarray:
     except DataError:
         raise
     except Exception as error:  # a damaged file can fail anywhere inside Pillow's decoders
-        raise DataError(f"{path}: unreadable image ({_first_line(error)})") from None
+        raise DataError(f"{path}: unreadable image ({first_line(error)})") from None
     array = np.asarray(array)
     if array.dtype.byteorder == ">":  # 16-bit big-endian PNG modes
         array = array.astype(array.dtype.newbyteorder("="))
@@ -271,8 +245,3 @@ def read_image_2d(path: Path | str) -> np.ndarray:
     if not np.isfinite(array).all():
         raise DataError(f"{path}: NaN or infinite pixels")
     return array
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
