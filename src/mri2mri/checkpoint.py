@@ -100,6 +100,11 @@ def previous_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}_prev{path.suffix}")
 
 
+def has_checkpoint(path: Path) -> bool:
+    """Whether ``path`` or the previous checkpoint kept beside it exists (what resuming needs)."""
+    return Path(path).is_file() or previous_path(path).is_file()
+
+
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and verify one checkpoint file; every failure is a one-line ``CheckpointError``."""
     path = Path(path)

@@ -250,7 +250,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.auto_resume and not args.resume:
         # torchrun restarts failed workers with the same command line: the first start trains
         # from scratch, every restart continues from the checkpoint the run has written.
-        args.resume = _has_checkpoint(run_dir, config.train.run_name)
+        from mri2mri.checkpoint import has_checkpoint
+        from mri2mri.runfolder import RunFolder
+
+        args.resume = has_checkpoint(RunFolder(run_dir, config.train.run_name).last)
     if args.resume:
         config = _resume_config(run_dir, config, args)
     _validate_choices(config)
@@ -266,14 +269,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"training {how}: {result.epochs_done} epochs, {result.global_step} steps, "
           f"{result.train_seconds:.1f} s of training; run folder {run_dir}")  # fmt: skip
     return 0
-
-
-def _has_checkpoint(run_dir: Path, run_name: str) -> bool:
-    from mri2mri.checkpoint import previous_path
-    from mri2mri.runfolder import RunFolder
-
-    last = RunFolder(run_dir, run_name).last
-    return last.is_file() or previous_path(last).is_file()
 
 
 def _resume_config(run_dir: Path, config: RunConfig, args: argparse.Namespace) -> RunConfig:

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from mri2mri import losses
-from mri2mri.checkpoint import load_latest, previous_path, save_checkpoint
+from mri2mri.checkpoint import has_checkpoint, load_latest, save_checkpoint
 from mri2mri.config import RunConfig, replace
 from mri2mri.data.cache import SliceCache
 from mri2mri.data.dataset import Sample, SliceDataset, to_unit_range
@@ -594,10 +594,11 @@ def _loop(
                     )
                 if checkpoint_every and state.global_step % checkpoint_every == 0:
                     _save(folder.last, nets, config, state, runtime, extras)
-                over_budget = _agreed(
-                    train.time_budget is not None and state.train_seconds >= train.time_budget, runtime
+                over_budget, interrupted = _agreed(
+                    train.time_budget is not None and state.train_seconds >= train.time_budget,
+                    stop.signal_name is not None,
+                    runtime=runtime,
                 )
-                interrupted = _agreed(stop.signal_name is not None, runtime)
                 if over_budget or interrupted:
                     break
             bar.close()
@@ -639,13 +640,14 @@ def _record(folder: RunFolder, row: dict[str, Any], nets: Networks, config: RunC
         _save(folder.best, nets, config, state, runtime, extras, keep_previous=False)
 
 
-def _agreed(flag: bool, runtime: Runtime) -> bool:
-    """Every rank stops at the same step when any rank was signalled."""
+def _agreed(*flags: bool, runtime: Runtime) -> tuple[bool, ...]:
+    """Each flag, true on every rank when it is true on any (one all-reduce for all of them), so
+    every rank stops at the same step."""
     if not runtime.distributed:
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=runtime.device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item() > 0)
+        return flags
+    values = torch.tensor([1.0 if flag else 0.0 for flag in flags], device=runtime.device)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return tuple(bool(v > 0) for v in values.tolist())
 
 
 def make_train_loader(
@@ -670,8 +672,8 @@ def _start_line(config: RunConfig, nets: Networks, runtime: Runtime, n_slices: i
     if runtime.device.type == "cpu":
         where += f", {torch.get_num_threads()} threads"
     line = (
-        f"training {model.generator} G ({count_parameters(_unwrap(nets.G)) / 1e6:.2f} M) + "
-        f"{model.discriminator} D ({count_parameters(_unwrap(nets.D)) / 1e6:.2f} M), {train.gan_loss}; "
+        f"training {model.generator} G ({count_parameters(nets.G) / 1e6:.2f} M) + "
+        f"{model.discriminator} D ({count_parameters(nets.D) / 1e6:.2f} M), {train.gan_loss}; "
         f"{where}, {runtime.precision}{' + channels_last' if runtime.channels_last else ''}; "
         f"{n_slices} slices, batch {batch_size}, {steps_per_epoch} steps/epoch"
     )
@@ -760,8 +762,6 @@ def validate(G: nn.Module, dataset: SliceDataset, runtime: Runtime, batch_size: 
 # --------------------------------------------------------------------------------------------
 
 
-def _unwrap(module: nn.Module) -> nn.Module:
-    return getattr(module, "_orig_mod", module)
 
 
 def _save(path: Path, nets: Networks, config: RunConfig, state: Progress, runtime: Runtime,
@@ -770,8 +770,8 @@ def _save(path: Path, nets: Networks, config: RunConfig, state: Progress, runtim
         return
     payload: dict[str, Any] = {
         "format": 1,
-        "G": _unwrap(nets.G).state_dict(),
-        "D": _unwrap(nets.D).state_dict(),
+        "G": nets.G.state_dict(),
+        "D": nets.D.state_dict(),
         "opt_G": nets.opt_G.state_dict(),
         "opt_D": nets.opt_D.state_dict(),
         "sched_G": nets.sched_G.state_dict(),
@@ -794,7 +794,7 @@ def _save(path: Path, nets: Networks, config: RunConfig, state: Progress, runtim
 
 
 def _restore(folder: RunFolder, nets: Networks, config: RunConfig, runtime: Runtime) -> Progress:
-    if not folder.last.exists() and not previous_path(folder.last).exists():
+    if not has_checkpoint(folder.last):
         raise UserError(f"{folder.last}: nothing to resume (no checkpoint in {folder.checkpoints})")
     payload, used = load_latest(folder.last, map_location=runtime.device)
     saved = RunConfig.from_dict(payload["config"])
@@ -867,8 +867,8 @@ def _finish(folder: RunFolder, nets: Networks, config: RunConfig, state: Progres
     if not runtime.is_main:
         return
     summary = {
-        "parameters_G": count_parameters(_unwrap(nets.G)),
-        "parameters_D": count_parameters(_unwrap(nets.D)),
+        "parameters_G": count_parameters(nets.G),
+        "parameters_D": count_parameters(nets.D),
         "train_seconds": round(state.train_seconds, 2),
         "images_per_s": round(state.images_seen / max(state.train_seconds, 1e-9), 2),
         "epochs": state.epoch,
