@@ -178,13 +178,12 @@ def _configs(args: argparse.Namespace, image_size: int) -> RunConfig:
 def _validate_choices(config: RunConfig) -> None:
     """Every name is checked before any data is prepared or any network is built."""
     from mri2mri import losses
-    from mri2mri.models import build_discriminator, build_generator, check_image_size
+    from mri2mri.models import check_image_size, check_model_config
     from mri2mri.runfolder import check_safe_name
     from mri2mri.runtime import check_precision, resolve_device
 
     check_safe_name(config.train.run_name)
-    build_generator(config.model)
-    build_discriminator(config.model)
+    check_model_config(config.model)
     check_image_size(config.model, config.data.image_size)
     if config.train.gan_loss not in losses.GAN_LOSSES:
         raise ConfigError(

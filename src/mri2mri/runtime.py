@@ -96,9 +96,6 @@ def check_precision(precision: str, device: torch.device) -> str:
         raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision == "fp16" and device.type == "cpu":
         raise ConfigError("--precision fp16 needs a GPU; use fp32 (or bf16 on a CPU with native bf16)")
-    if precision == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
-        # Without AVX-512 (or Arm bf16) oneDNN has no bf16 kernels: many times slower than fp32.
-        warnings.warn("bf16 on this CPU is emulated and usually much slower than fp32", stacklevel=2)
     return precision
 
 
@@ -128,6 +125,10 @@ def setup_runtime(
         # Processes on one machine share its cores: more threads than cores make them all crawl.
         local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
         torch.set_num_threads(max(1, _available_cores() // local_world_size))
+    precision = check_precision(precision, resolved)
+    if precision == "bf16" and resolved.type == "cpu" and not cpu_has_fast_bf16():
+        # Without AVX-512 (or Arm bf16) oneDNN has no bf16 kernels: many times slower than fp32.
+        warnings.warn("bf16 on this CPU is emulated and usually much slower than fp32", stacklevel=2)
     if resolved.type == "cuda":
         # TF32 matmuls: same convergence for conv nets, several times faster on Ampere+.
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -135,7 +136,7 @@ def setup_runtime(
         torch.backends.cudnn.benchmark = True
     return Runtime(
         device=resolved,
-        precision=check_precision(precision, resolved),
+        precision=precision,
         channels_last=channels_last,
         rank=rank,
         local_rank=local_rank,
