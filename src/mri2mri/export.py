@@ -46,8 +46,8 @@ from mri2mri.predict import (
     META_REFERENCE,
     atomic_save,
     file_sha256,
-    reference_from_run,
     run_folder_of,
+    source_reference_of,
 )
 from mri2mri.runfolder import find_checkpoint
 
@@ -82,9 +82,7 @@ def export_model(
     source = find_checkpoint(Path(checkpoint), "best")
     G, config, payload = load_generator(source, "cpu")
     run_dir = run_folder_of(source)
-    reference = payload.get("source_reference")
-    if not isinstance(reference, dict):
-        reference = reference_from_run(run_dir, config)
+    reference = source_reference_of(source, config, payload)
     metadata = export_metadata(config, source, payload, reference)
 
     written: list[Path] = []

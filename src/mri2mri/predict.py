@@ -158,25 +158,19 @@ def load_torch_model(
     """The generator of a checkpoint (EMA weights when present) in eval mode on ``device``."""
     import torch
 
-    from mri2mri.inference import load_generator
+    from mri2mri.inference import load_generator, make_predictor
     from mri2mri.runfolder import find_checkpoint
     from mri2mri.runtime import setup_runtime
 
     path = find_checkpoint(checkpoint, "best")
     runtime = setup_runtime(device, precision, channels_last=True)  # NHWC: faster convolutions
     G, config, payload = load_generator(path, runtime.device)
-    G = runtime.prepare_module(G)
-    reference = payload.get("source_reference")
-    if not isinstance(reference, dict):
-        reference = reference_from_run(run_folder_of(path), config)
+    predictor = make_predictor(G, runtime)
 
     def run(batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode(), runtime.autocast():
-            out = G(
-                runtime.to_device(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
-            )
-        return out.float().cpu().numpy()
+        return predictor(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).numpy()
 
+    reference = source_reference_of(path, config, payload)
     info = ModelInfo(config=config, name=path.name, kind="pytorch", source_reference=reference,
                      provenance={"checkpoint": path.name, "epoch": payload.get("epoch"),
                                  "weights": "ema" if payload.get("ema") else "G"})  # fmt: skip
@@ -189,6 +183,14 @@ def run_folder_of(checkpoint: Path) -> Path | None:
     if checkpoint.is_dir():
         return checkpoint
     return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
+
+
+def source_reference_of(checkpoint: Path, config: RunConfig, payload: dict[str, Any]) -> dict[str, Any] | None:
+    """The contrast-check reference saved in the checkpoint, else one made from its run's cache."""
+    reference = payload.get("source_reference")
+    if isinstance(reference, dict):
+        return reference
+    return reference_from_run(run_folder_of(checkpoint), config)
 
 
 def reference_from_run(run_dir: Path | None, config: RunConfig) -> dict[str, Any] | None:
@@ -362,16 +364,14 @@ def plan_jobs(source: Path, output: Path, *, overwrite: bool) -> list[Job]:
         )
         raise DataError(f"{source}: {what}")
     if kind == "batch":
-        items = sorted(
-            p
-            for p in source.iterdir()
-            if not p.name.startswith(".") and input_kind(p) in ("volume", "image")
-        )
+        # input_kind lists a DICOM folder's files: once per entry.
+        kinds = {p: input_kind(p) for p in source.iterdir() if not p.name.startswith(".")}
+        items = sorted(p for p, item_kind in kinds.items() if item_kind in ("volume", "image"))
         if output.exists() and not output.is_dir():
             raise DataError(
                 f"{output}: exists and is not a folder; batch mode writes one file per input into a folder"
             )
-        jobs = [Job(p, output / output_name(p, input_kind(p)), input_kind(p)) for p in items]
+        jobs = [Job(p, output / output_name(p, kinds[p]), kinds[p]) for p in items]
         if not jobs:
             raise DataError(f"{source}: no NIfTI, DICOM, PNG or TIFF input found")
     else:
