@@ -129,18 +129,6 @@ def test_image_metrics_follow_the_masked_prediction_protocol():
         assert values["mae_mask"][i] == pytest.approx(np.mean(np.abs(pred[i, 0][m] - t[m])), abs=TOL)
 
 
-def test_model_range_metrics_rescale_and_clamp():
-    pred, target, mask = _random_batch(10)
-    pred_model = _t(pred) * 2 - 1
-    pred_model[0, 0, 0, 0] = 1.7  # out of range: clamped to 1 before scoring
-    clamped = pred.copy()
-    clamped[0, 0, 0, 0] = 1.0
-    got = metrics.model_range_metrics(pred_model, _t(target) * 2 - 1, _t(mask))
-    expected = metrics.image_metrics(_t(clamped), _t(target), _t(mask))
-    for name in metrics.METRIC_NAMES:
-        torch.testing.assert_close(got[name], expected[name])
-
-
 def test_volume_psnr_pools_voxels_not_slices():
     pred, target, mask = _random_batch(11, batch=4)
     got = metrics.volume_psnr(_t(pred), _t(target), _t(mask))

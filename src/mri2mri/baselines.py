@@ -21,7 +21,6 @@ import torch
 from mri2mri.data.cache import SliceCache
 from mri2mri.errors import DataError
 
-BASELINES = ("identity", "intensity-map")
 N_BINS = 256
 
 

@@ -24,8 +24,6 @@ import math
 import torch
 from scipy import ndimage
 
-from mri2mri.data.dataset import to_unit_range
-
 SSIM_SIGMA = 1.5
 SSIM_TRUNCATE = 3.5  # scikit-image's choice: gives the 11-tap window of Wang et al.
 SSIM_RADIUS = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)  # 5, as scipy.ndimage rounds it
@@ -265,11 +263,3 @@ def image_metrics(
         "mae_mask": absolute_error / brain_voxels,
         "nmse_mask": squared_error / energy,
     }
-
-
-def model_range_metrics(
-    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """:func:`image_metrics` of generator outputs and targets in [-1, 1] (validation batches);
-    the prediction is clamped to the valid range first."""
-    return image_metrics(to_unit_range(pred).clamp(0.0, 1.0), to_unit_range(target), mask)
