@@ -138,12 +138,6 @@ class CacheWriter:
             array.flush()
         del arrays
 
-        with open(self._tmp / "index.csv", "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["row", "subject", "split", "slice_index"])
-            for record in self._records:
-                for offset, slice_index in enumerate(record.slice_indices):
-                    writer.writerow([record.rows[0] + offset, record.subject, record.split, slice_index])
         meta = {
             "format": CACHE_FORMAT,
             "fingerprint": self._fingerprint,
@@ -153,13 +147,8 @@ class CacheWriter:
             "image_size": [height, width],
             "subjects": [asdict(r) for r in self._records],
         }
-        _write_json(self._tmp / "split.json", {"seed": split_seed, **{k: split.get(k, []) for k in SPLITS}})
-        _write_json(self._tmp / "cache.json", meta)  # written last: its presence marks completion
-
-        if self.out_dir.exists():
-            shutil.rmtree(self.out_dir)
-        os.replace(self._tmp, self.out_dir)
-        return self.out_dir
+        split_file = {"seed": split_seed, **{k: split.get(k, []) for k in SPLITS}}
+        return _finish(self._tmp, self.out_dir, meta, split_file)
 
     def abort(self) -> None:
         shutil.rmtree(self._tmp, ignore_errors=True)
@@ -170,6 +159,22 @@ class CacheWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
+
+
+def _finish(tmp: Path, out_dir: Path, meta: dict[str, Any], split_file: dict[str, Any]) -> Path:
+    """Write the index, split and metadata beside the arrays in ``tmp``, then move it to ``out_dir``."""
+    with open(tmp / "index.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["row", "subject", "split", "slice_index"])
+        for record in meta["subjects"]:
+            for offset, slice_index in enumerate(record["slice_indices"]):
+                writer.writerow([record["rows"][0] + offset, record["subject"], record["split"], slice_index])
+    _write_json(tmp / "split.json", split_file)
+    _write_json(tmp / "cache.json", meta)  # written last: its presence marks completion
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir
 
 
 def _write_json(path: Path, payload: Any) -> None:
@@ -273,18 +278,8 @@ def resplit(cache_dir: Path, assignment: dict[str, str], out_dir: Path) -> Path:
         meta["subjects"] = [
             {**record, "split": assignment.get(record["subject"], "excluded")} for record in cache.meta["subjects"]
         ]
-        with open(tmp / "index.csv", "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["row", "subject", "split", "slice_index"])
-            for record in meta["subjects"]:
-                for offset, slice_index in enumerate(record["slice_indices"]):
-                    writer.writerow([record["rows"][0] + offset, record["subject"], record["split"], slice_index])
         split = {k: sorted(s for s, v in assignment.items() if v == k) for k in SPLITS}
-        _write_json(tmp / "split.json", {"seed": None, **split})
-        _write_json(tmp / "cache.json", meta)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        _finish(tmp, out_dir, meta, {"seed": None, **split})
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

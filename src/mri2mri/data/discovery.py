@@ -37,6 +37,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mri2mri.data.cache import is_cache
 from mri2mri.data.io import is_nifti
 from mri2mri.errors import ConfigError, DataError
 
@@ -140,7 +141,7 @@ def discover_pairs(root: Path | str, source: str, target: str) -> Discovery:
     found: dict[str, dict[str, list[Path]]] = {}
     layouts: dict[str, str] = {}
     for entry in sorted(root.iterdir()):
-        if entry.name.startswith(".") or _is_cache_folder(entry):
+        if entry.name.startswith(".") or is_cache(entry):
             continue
         contrast = contrast_of(entry.name)
         if entry.is_file() and is_nifti(entry) and contrast:
@@ -208,7 +209,7 @@ def _contrasts_in_subject_folder(folder: Path) -> dict[str, list[Path]]:
                 and _is_series_folder(entry)
             ):
                 result.setdefault(contrast, []).append(entry)
-            elif entry.is_dir() and depth + 1 < _MAX_DEPTH and not _is_cache_folder(entry):
+            elif entry.is_dir() and depth + 1 < _MAX_DEPTH and not is_cache(entry):
                 stack.append((entry, depth + 1))
     return result
 
@@ -232,10 +233,6 @@ def _has_dicom_marker(path: Path) -> bool:
             return handle.read(4) == b"DICM"
     except OSError:
         return False
-
-
-def _is_cache_folder(path: Path) -> bool:
-    return path.is_dir() and (path / "cache.json").is_file()
 
 
 def read_manifest(csv_path: Path, source: str, target: str) -> Discovery:
