@@ -24,25 +24,23 @@ import numpy as np
 
 from mri2mri import figures
 from mri2mri.errors import DataError
-from mri2mri.evaluation import caption, format_mean_std, load_preview
+from mri2mri.evaluation import DIGITS, TABLE_HEADERS, caption, format_mean_std, load_preview
 
 BASELINE = "intensity-map"
 
-HEADERS = {
+# The run's own columns; the metric columns are evaluation's table headers.
+_RUN_HEADERS = {
     "en": {
         "run": "Run", "generator": "Generator", "discriminator": "Discriminator",
-        "gan_loss": "GAN loss", "epochs": "Epochs", "psnr_mask": "PSNR in mask (dB)",
-        "ssim_mask": "SSIM in mask", "mae_mask": "MAE in mask", "psnr": "PSNR (dB)",
-        "ssim": "SSIM", "parameters": "Parameters G / D", "train_time": "Training time",
-        "images_per_s": "Images/s",
+        "gan_loss": "GAN loss", "epochs": "Epochs", "parameters": "Parameters G / D",
+        "train_time": "Training time", "images_per_s": "Images/s",
     },
     "zh": {
         "run": "运行", "generator": "生成器", "discriminator": "判别器", "gan_loss": "GAN 损失",
-        "epochs": "轮次", "psnr_mask": "掩膜内 PSNR (dB)", "ssim_mask": "掩膜内 SSIM",
-        "mae_mask": "掩膜内 MAE", "psnr": "PSNR (dB)", "ssim": "SSIM",
-        "parameters": "参数量 G / D", "train_time": "训练时间", "images_per_s": "图像/秒",
+        "epochs": "轮次", "parameters": "参数量 G / D", "train_time": "训练时间", "images_per_s": "图像/秒",
     },
 }
+HEADERS = {lang: {**TABLE_HEADERS[lang], **run_headers} for lang, run_headers in _RUN_HEADERS.items()}
 NOTES = {
     "en": {
         "baseline_row": "Last row: the intensity-map baseline (no training, no parameters).",
@@ -56,7 +54,6 @@ NOTES = {
     },
 }
 TABLE_METRICS = ("psnr_mask", "ssim_mask", "mae_mask", "psnr", "ssim")
-DIGITS = {"psnr_mask": 2, "psnr": 2, "ssim_mask": 4, "ssim": 4, "mae_mask": 4}
 
 
 @dataclass
