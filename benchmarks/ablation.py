@@ -26,9 +26,10 @@ import sys
 import time
 from pathlib import Path
 
+from _common import RESULTS
+
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = ROOT.parent / "shared" / "data" / "real-mri"
-RESULTS = ROOT / "benchmarks" / "results"
 
 # name -> extra `mri2mri train` arguments. The first three are the references: the report's two experiments and pix2pix.
 CONFIGS: dict[str, list[str]] = {

@@ -20,6 +20,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+from _common import write_results
 from torch.utils.data import DataLoader
 
 from mri2mri.config import DataConfig
@@ -38,7 +39,6 @@ from mri2mri.data.preprocess import (
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_MRI = ROOT.parent / "shared" / "data" / "real-mri"
-RESULTS = ROOT / "benchmarks" / "results" / "bench_cache.json"
 
 
 def synthetic_data(root: Path, count: int = 3, shape=(96, 96, 64)) -> Path:
@@ -141,10 +141,8 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(result, indent=2)
-    RESULTS.write_text(text + "\n", encoding="utf-8")
-    print(text)
+    write_results("bench_cache", result)
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

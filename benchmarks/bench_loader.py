@@ -35,7 +35,7 @@ from mri2mri.config import ModelConfig
 from mri2mri.data.cache import CacheWriter, SliceCache, SubjectRecord, SubjectSlices
 from mri2mri.data.dataset import SliceDataset
 from mri2mri.data.gpu_augment import BatchAugmentation
-from mri2mri.runtime import Runtime, resolve_device, setup_runtime
+from mri2mri.runtime import Runtime, setup_runtime
 from mri2mri.training import EpochBatchSampler, EpochIndexed, make_train_loader
 
 TARGET_RATIO = 3.0
@@ -106,9 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    device = resolve_device(args.device)
-    setup_runtime(args.device)
-    runtime = Runtime(device=device)
+    runtime = setup_runtime(args.device)
+    device = runtime.device
     subjects, slices, epochs, steps, base_channels = 4, 40, 2, 5, 64
     if args.quick:
         args.size, subjects, slices, epochs, steps, base_channels = 32, 2, 8, 1, 2, 8

@@ -26,13 +26,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+from _common import synchronize, write_results
 
 from mri2mri.checkpoint import save_checkpoint
 from mri2mri.config import DataConfig, ModelConfig, RunConfig
 from mri2mri.models import build_generator, count_parameters
 from mri2mri.predict import load_model, predict_volume, write_synthetic_nifti
-
-RESULTS = Path(__file__).resolve().parent / "results" / "bench_volume.json"
 
 
 def phantom_volume(path: Path, shape: tuple[int, int, int]) -> Path:
@@ -46,14 +45,16 @@ def phantom_volume(path: Path, shape: tuple[int, int, int]) -> Path:
     return path
 
 
-def checkpoint(folder: Path, generator: str, image_size: int, base_channels: int) -> Path:
+def checkpoint(folder: Path, generator: str, image_size: int, base_channels: int) -> tuple[Path, int]:
+    """An untrained checkpoint of ``generator`` (speed does not depend on the weights) and its
+    parameter count."""
     config = RunConfig(data=DataConfig(image_size=image_size),
                        model=ModelConfig(generator=generator, base_channels=base_channels))  # fmt: skip
     torch.manual_seed(0)
     G = build_generator(config.model)
     path = folder / f"{generator}.pth"
     save_checkpoint(path, {"G": G.state_dict(), "config": config.to_dict(), "epoch": 0})
-    return path
+    return path, count_parameters(G)
 
 
 def time_model(model: Path, volume: Path, out_dir: Path, *, device: str, precision: str,
@@ -64,8 +65,7 @@ def time_model(model: Path, volume: Path, out_dir: Path, *, device: str, precisi
     slices = [0]
 
     def timed(batch: np.ndarray) -> np.ndarray:
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+        synchronize(torch.device(device))
         start = time.perf_counter()
         out = run(batch)  # returns a NumPy array: the device work is finished when it returns
         network_seconds[0] += time.perf_counter() - start
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--onnx", action="store_true", help="also time the exported ONNX model (CPU)"
     )
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results/bench_volume.json")
     args = parser.parse_args(argv)
 
     shape, image_size, base, repeats = (
@@ -114,10 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
         folder = Path(tmp)
         volume = phantom_volume(folder / "t1.nii.gz", shape)
         for generator in ("basic", "unet"):
-            model = checkpoint(folder, generator, image_size, base)
-            parameters = count_parameters(
-                build_generator(ModelConfig(generator=generator, base_channels=base))
-            )
+            model, parameters = checkpoint(folder, generator, image_size, base)
             runs = [(model, device, precision) for device, precision in devices]
             if args.onnx:
                 from mri2mri.export import export_model
@@ -145,9 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.out}")
+    print(f"wrote {write_results('bench_volume', report, args.out)}")
     return report
 
 
