@@ -132,6 +132,11 @@ def _text(key: str, lang: str, **fmt: object) -> str:
     return TEXT[lang][key].format(**fmt)
 
 
+def _json_block(value: Any) -> str:
+    """A JSON value, indented and escaped, as a <pre> block."""
+    return f"<pre>{_esc(json.dumps(value, indent=2, ensure_ascii=False))}</pre>"
+
+
 def _esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 
@@ -223,7 +228,7 @@ def _records_table(records: Any, first_column: str) -> str:
     elif isinstance(records, dict):
         rows = [{first_column: key, **_flatten(item)} for key, item in records.items()]
     if not rows:
-        return f"<pre>{_esc(json.dumps(records, indent=2, ensure_ascii=False))}</pre>"
+        return _json_block(records)
     return _rows_table(rows)
 
 
@@ -301,7 +306,7 @@ def _page(title: str, sections: Sequence[str], lang: str) -> str:
 def _config_section(config: Any, lang: str) -> str:
     heading = f"<h2>{_esc(_text('configuration', lang))}</h2>"
     if not isinstance(config, dict):
-        return heading + f"<pre>{_esc(json.dumps(config, indent=2, ensure_ascii=False))}</pre>"
+        return heading + _json_block(config)
     tables = []
     loose = {k: v for k, v in config.items() if not isinstance(v, dict)}
     if loose:
@@ -355,7 +360,7 @@ def _metrics_section(metrics: Any, lang: str) -> str:
     """metrics.json (schema of mri2mri.evaluation), shown whatever methods and metrics it has."""
     parts = [f"<h2>{_esc(_text('metrics', lang))}</h2>"]
     if not isinstance(metrics, dict):
-        parts.append(f"<pre>{_esc(json.dumps(metrics, indent=2, ensure_ascii=False))}</pre>")
+        parts.append(_json_block(metrics))
         return "".join(parts)
     if isinstance(metrics.get("caption"), str):
         parts.append(f"<p>{_esc(metrics['caption'])}</p>")
@@ -388,7 +393,7 @@ def _metrics_section(metrics: Any, lang: str) -> str:
     if others:
         parts.append(_details(
             _text("other_metrics", lang),
-            f"<pre>{_esc(json.dumps(others, indent=2, ensure_ascii=False))}</pre>",
+            _json_block(others),
         ))
     return "".join(parts)
 
@@ -469,7 +474,7 @@ def write_run_report(run_dir: str | Path, lang: str = "en") -> Path:
     if summary_path.is_file():
         summary = _read_json(summary_path)
         body = (_key_value_table(summary, lang) if isinstance(summary, dict)
-                else f"<pre>{_esc(json.dumps(summary, indent=2, ensure_ascii=False))}</pre>")
+                else _json_block(summary))
         sections.append(f"<h2>{_esc(_text('summary', lang))}</h2>{body}")
 
     out = run / "report.html"
