@@ -7,7 +7,7 @@ BIN     = $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test bench bench-quality lint clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
+
+# Leave-one-patient-out quality on the real patients, 600 s per run, two seeds (about 2 h on 2
+# CPU cores; run it alone on the machine). QUALITY_ARGS="--budget 150 --seeds 0" to screen.
+bench-quality: $(STAMP)
+	$(BIN)/python benchmarks/ablation.py $(QUALITY_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -45,7 +45,7 @@ def tiny_config(**train_changes) -> RunConfig:
     """The report's networks at 32 px, CPU, few steps; dropout off for exact comparisons."""
     train = TrainConfig(**{"epochs": 2, "batch_size": 4, "device": "cpu", "seed": 3, **train_changes})
     return RunConfig(
-        data=DataConfig(image_size=32),
-        model=ModelConfig(generator="unet", discriminator="basic", base_channels=8, dropout=0.0),
+        data=DataConfig(image_size=32, augment=False),
+        model=ModelConfig(generator="unet", discriminator="basic", base_channels=8, dropout=0.0, residual="none"),
         train=train,
     )

@@ -24,6 +24,7 @@ from mri2mri.config import DataConfig, ModelConfig, RunConfig
 from mri2mri.errors import ConfigError, DataError
 from mri2mri.export import export_model
 from mri2mri.models import build_generator, count_parameters
+from mri2mri.models.residual import TABLE_BINS, TableResidual
 from mri2mri.predict import predict_path
 
 CONFIG = RunConfig(
@@ -52,6 +53,7 @@ def make_run(root: Path) -> Path:
     (run / "metrics.json").write_text(json.dumps(METRICS))
     torch.manual_seed(0)
     G = build_generator(CONFIG.model)
+    give_residual_a_fitted_look(G)
     with torch.no_grad():  # a few training-mode passes give BatchNorm real running statistics
         for _ in range(3):
             G(torch.rand(4, 3, 32, 32) * 2 - 1)
@@ -61,6 +63,17 @@ def make_run(root: Path) -> Path:
         {"G": G.state_dict(), "config": CONFIG.to_dict(), "epoch": 7},
     )
     return run
+
+
+def give_residual_a_fitted_look(G: torch.nn.Module) -> None:
+    """The default generator is a correction over the intensity-map table, which starts as the
+    identity map with a zero correction: give it a curved table and a non-zero correction, so
+    that every comparison below exercises both halves."""
+    assert isinstance(G, TableResidual)
+    with torch.no_grad():
+        G.set_table(1 - torch.linspace(0, 1, TABLE_BINS) ** 2)
+        last = [m for m in G.correction.modules() if isinstance(m, torch.nn.ConvTranspose2d)][-1]
+        torch.nn.init.normal_(last.weight, std=0.05)
 
 
 @pytest.fixture(scope="module")

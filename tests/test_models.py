@@ -44,8 +44,8 @@ def test_every_generator_has_test_sizes():
 )
 def test_generator_output_shape_and_range(name, size):
     torch.manual_seed(0)
-    cfg = ModelConfig(generator=name, base_channels=TINY)
-    check_image_size(ModelConfig(generator=name, discriminator="basic"), size)
+    cfg = ModelConfig(residual="none", generator=name, base_channels=TINY)
+    check_image_size(ModelConfig(residual="none", generator=name, discriminator="basic"), size)
     generator = build_generator(cfg)
     output = generator(_images(2, 1, size))
     assert output.shape == (2, 1, size, size)
@@ -55,7 +55,7 @@ def test_generator_output_shape_and_range(name, size):
 
 @pytest.mark.parametrize("name", ["basic", "unet"])
 def test_report_generators_at_256(name):
-    generator = build_generator(ModelConfig(generator=name)).eval()
+    generator = build_generator(ModelConfig(residual="none", generator=name)).eval()
     with torch.no_grad():
         output = generator(_images(1, 1, 256))
     assert output.shape == (1, 1, 256, 256)
@@ -69,21 +69,21 @@ def _conv(in_channels, out_channels, kernel=4, bias=True):
 def test_report_networks_have_exactly_the_report_layers():
     # Hand count of the report's layers at base 64 (every conv with bias; BN scale + shift).
     basic_g = _conv(1, 64) + _conv(64, 128) + 2 * 128 + _conv(128, 64) + 2 * 64 + _conv(64, 1)
-    assert count_parameters(build_generator(ModelConfig(generator="basic", base_channels=64))) == basic_g
+    assert count_parameters(build_generator(ModelConfig(residual="none", generator="basic", base_channels=64))) == basic_g
     downs = _conv(1, 64) + _conv(64, 128) + _conv(128, 256) + _conv(256, 512)
     ups = _conv(512, 256) + _conv(512, 128) + _conv(256, 64) + _conv(128, 1)
     norms = 2 * (128 + 256 + 512) + 2 * (256 + 128 + 64)
-    assert count_parameters(build_generator(ModelConfig(generator="unet", base_channels=64))) == downs + ups + norms
+    assert count_parameters(build_generator(ModelConfig(residual="none", generator="unet", base_channels=64))) == downs + ups + norms
     basic_d = _conv(2, 64) + _conv(64, 128) + 2 * 128 + _conv(128, 1)
     assert count_parameters(build_discriminator(ModelConfig(discriminator="basic", base_channels=64))) == basic_d
-    unet = build_generator(ModelConfig(generator="unet", base_channels=64))
+    unet = build_generator(ModelConfig(residual="none", generator="unet", base_channels=64))
     assert [m.p for m in unet.modules() if isinstance(m, nn.Dropout)] == [0.5]
 
 
 def test_pix2pix_networks_parameter_counts():
     # Reference implementations at 1 input / 1 output channel, base 64, batch norm.
-    assert count_parameters(build_generator(ModelConfig(generator="unet256", base_channels=64))) == 54_408_385
-    assert count_parameters(build_generator(ModelConfig(generator="resnet9", base_channels=64))) == 11_370_881
+    assert count_parameters(build_generator(ModelConfig(residual="none", generator="unet256", base_channels=64))) == 54_408_385
+    assert count_parameters(build_generator(ModelConfig(residual="none", generator="resnet9", base_channels=64))) == 11_370_881
     patch = build_discriminator(ModelConfig(discriminator="patch70", base_channels=64))
     assert count_parameters(patch) == 2_764_609
 
@@ -134,7 +134,7 @@ def test_patch70_layers_option():
 @pytest.mark.parametrize("generator_name", list(GENERATORS))
 def test_generators_take_25d_input(generator_name):
     size = GENERATOR_SIZES[generator_name][0]
-    cfg = ModelConfig(generator=generator_name, in_channels=3, base_channels=TINY)
+    cfg = ModelConfig(residual="none", generator=generator_name, in_channels=3, base_channels=TINY)
     output = build_generator(cfg)(_images(2, 3, size))
     assert output.shape == (2, 1, size, size)
 
@@ -170,7 +170,7 @@ def test_spectral_norm_on_every_conv(discriminator_name):
 @pytest.mark.parametrize("generator_name", list(GENERATORS))
 def test_resize_upsampling_replaces_transposed_convolutions(generator_name):
     size = GENERATOR_SIZES[generator_name][0]
-    cfg = ModelConfig(generator=generator_name, base_channels=TINY, upsample="resize")
+    cfg = ModelConfig(residual="none", generator=generator_name, base_channels=TINY, upsample="resize")
     generator = build_generator(cfg)
     assert not any(isinstance(m, nn.ConvTranspose2d) for m in generator.modules())
     assert any(isinstance(m, nn.Upsample) for m in generator.modules())
@@ -181,7 +181,7 @@ def test_resize_upsampling_replaces_transposed_convolutions(generator_name):
 @pytest.mark.parametrize("norm", ["instance", "none"])
 def test_norm_option(generator_name, norm):
     size = GENERATOR_SIZES[generator_name][0]
-    cfg = ModelConfig(generator=generator_name, base_channels=TINY, norm=norm)
+    cfg = ModelConfig(residual="none", generator=generator_name, base_channels=TINY, norm=norm)
     generator = build_generator(cfg)
     kinds = {type(m) for m in generator.modules()}
     assert nn.BatchNorm2d not in kinds
@@ -194,7 +194,7 @@ def test_norm_option(generator_name, norm):
 )
 def test_dropout_option(generator_name, expected):
     def dropouts(dropout):
-        cfg = ModelConfig(generator=generator_name, base_channels=TINY, dropout=dropout)
+        cfg = ModelConfig(residual="none", generator=generator_name, base_channels=TINY, dropout=dropout)
         return [m.p for m in build_generator(cfg).modules() if isinstance(m, nn.Dropout)]
 
     assert dropouts(0.3) == [0.3] * expected
@@ -260,7 +260,7 @@ def test_bad_discriminator_numbers(changes):
 def test_check_image_size_names_nearest_valid_sizes(
     generator_name, discriminator_name, size, nearest
 ):
-    cfg = ModelConfig(generator=generator_name, discriminator=discriminator_name)
+    cfg = ModelConfig(residual="none", generator=generator_name, discriminator=discriminator_name)
     with pytest.raises(ConfigError) as error:
         check_image_size(cfg, size)
     message = str(error.value)
@@ -275,14 +275,14 @@ def test_check_image_size_names_nearest_valid_sizes(
 )
 def test_check_image_size_accepts_valid_sizes(generator_name, size):
     for discriminator_name in DISCRIMINATORS:
-        cfg = ModelConfig(generator=generator_name, discriminator=discriminator_name)
+        cfg = ModelConfig(residual="none", generator=generator_name, discriminator=discriminator_name)
         check_image_size(cfg, size)
 
 
 @pytest.mark.parametrize("discriminator_name", list(DISCRIMINATORS))
 def test_check_image_size_agrees_with_the_networks(discriminator_name):
     # Around the smallest valid size, check_image_size passes exactly when G and D run.
-    cfg = ModelConfig(generator="basic", discriminator=discriminator_name, base_channels=TINY)
+    cfg = ModelConfig(residual="none", generator="basic", discriminator=discriminator_name, base_channels=TINY)
     generator, discriminator = build_generator(cfg), build_discriminator(cfg)
     minimum = minimum_image_size(cfg)
     for size in range(minimum - 8, minimum + 5, 4):
@@ -298,7 +298,7 @@ def test_check_image_size_agrees_with_the_networks(discriminator_name):
 
 
 def test_count_parameters_trainable_only():
-    generator = build_generator(ModelConfig(generator="basic", base_channels=TINY))
+    generator = build_generator(ModelConfig(residual="none", generator="basic", base_channels=TINY))
     total = count_parameters(generator)
     generator.decoder.requires_grad_(False)
     frozen = sum(p.numel() for p in generator.decoder.parameters())

@@ -12,7 +12,8 @@ from mri2mri.config import replace
 from mri2mri.data.gpu_augment import BatchAugmentation
 from mri2mri.training import EpochBatchSampler, epoch_batches, train
 
-NO_ACQUISITION = {"bias_probability": 0.0, "noise_probability": 0.0, "gamma_probability": 0.0}
+NO_ACQUISITION = {"bias_probability": 0.0, "noise_probability": 0.0, "gamma_probability": 0.0,
+                  "curve_probability": 0.0}
 NO_GEOMETRY = {"flip_probability": 0.0, "affine_probability": 0.0}
 
 

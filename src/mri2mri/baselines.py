@@ -72,10 +72,17 @@ class IntensityMap:
 
     @classmethod
     def fit_cache(
-        cls, cache: SliceCache, split: str = "train", n_bins: int = N_BINS, chunk_rows: int = 64
-    ) -> IntensityMap:
+        cls, cache: SliceCache, split: str = "train", n_bins: int = N_BINS, chunk_rows: int = 64,
+        *, background_in_first_bin: bool = False,
+    ) -> IntensityMap:  # fmt: skip
         """Fit on the brain voxels of every slice of ``split`` (the central source channel),
-        reading the memory-mapped cache a chunk of rows at a time."""
+        reading the memory-mapped cache a chunk of rows at a time.
+
+        With ``background_in_first_bin``, the voxels outside the brain whose source falls in the
+        first bin count too: a map applied to whole slices (the residual generator's) then sends
+        the empty background to the target's background (0), not to the darkest brain tissue's
+        target (in a T1 -> T2 map, bright CSF). Brain voxels almost never fall in that bin
+        (below the 0.5th percentile after normalisation: about 0.05 % of them)."""
         rows = cache.rows(split)
         if len(rows) == 0:
             raise DataError(f"{cache.path}: no {split} subjects to fit the intensity-map baseline on")
@@ -85,7 +92,10 @@ class IntensityMap:
         for start in range(0, len(rows), chunk_rows):
             chunk = rows[start : start + chunk_rows]
             brain = np.asarray(cache.mask[chunk, 0]) > 0
-            source = np.asarray(cache.source[chunk, centre])[brain]
+            source_all = np.asarray(cache.source[chunk, centre])
+            if background_in_first_bin:
+                brain = brain | (source_all < 1.0 / n_bins)
+            source = source_all[brain]
             target = np.asarray(cache.target[chunk, 0])[brain]
             chunk_sums, chunk_counts = _bin_sums(source, target, n_bins)
             sums += chunk_sums

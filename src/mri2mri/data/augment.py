@@ -5,9 +5,9 @@ Two kinds of change, as TorchIO separates them:
 - geometric (left-right flip, small in-plane rotation / scaling / translation) acts on source,
   target and mask alike, so the pair stays aligned and the mask stays the mask (the mask is a
   ``LabelMap``: nearest-neighbour interpolation, never blurred);
-- acquisition (smooth bias field, Gaussian noise, gamma) acts on the source only: it models a
-  different scanner or coil for the input, while the target the generator must produce stays
-  clean.
+- acquisition (smooth bias field, Gaussian noise, gamma, a random monotonic intensity curve)
+  acts on the source only: it models a different scanner or coil for the input, while the
+  target the generator must produce stays clean.
 
 A :class:`~mri2mri.data.dataset.Sample` holds 2D slices ``(C, H, W)`` in [-1, 1]; they go to
 TorchIO as ``(C, H, W, 1)`` images in [0, 1] (so multiplicative bias and gamma act on
@@ -30,6 +30,7 @@ import torchio as tio
 
 from mri2mri.config import AugmentationConfig, DataConfig
 from mri2mri.data.dataset import Sample, Transform, to_model_range, to_unit_range
+from mri2mri.data.intensity_curves import apply_curves, curve_knots
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,12 @@ class MRIAugmentation(AugmentationConfig):
 
     @cached_property
     def transform(self) -> tio.Compose:
-        """The TorchIO pipeline for these settings, built at first use."""
+        """The TorchIO pipeline for these settings (geometric, then acquisition), built at first use."""
+        return tio.Compose([self.geometric, self.acquisition], copy=False)
+
+    @cached_property
+    def geometric(self) -> tio.Compose:
+        """Flip and small affine map, on source, target and mask alike."""
         scale, degrees, shift = self.scale, self.degrees, self.translation_pixels
         geometric = [
             tio.RandomFlip(axes=(1,), flip_probability=self.flip_probability, copy=False),
@@ -51,6 +57,11 @@ class MRIAugmentation(AugmentationConfig):
                 copy=False,
             ),
         ]
+        return tio.Compose(geometric, copy=False)
+
+    @cached_property
+    def acquisition(self) -> tio.Compose:
+        """Bias field, noise and gamma, on the source only."""
         acquisition = [
             tio.RandomBiasField(
                 coefficients=self.bias_coefficients,
@@ -69,7 +80,7 @@ class MRIAugmentation(AugmentationConfig):
                 copy=False,
             ),
         ]
-        return tio.Compose(geometric + acquisition, copy=False)
+        return tio.Compose(acquisition, copy=False)
 
     def __call__(self, sample: Sample) -> Sample:
         subject = tio.Subject(
@@ -77,9 +88,17 @@ class MRIAugmentation(AugmentationConfig):
             target=tio.ScalarImage(tensor=to_unit_range(sample.target).float().unsqueeze(-1)),
             mask=tio.LabelMap(tensor=(sample.mask > 0.5).float().unsqueeze(-1)),
         )
-        out = self.transform(subject)
+        out = self.geometric(subject)
+        imaged = out["source"].data[..., 0] > 0
+        out = self.acquisition(out)
+        # An empty background (skull-stripped data) stays empty: noise is added to the imaged
+        # head only, as the inputs the model will be given have exactly 0 there.
+        source = torch.where(imaged, out["source"].data[..., 0].clamp(0.0, 1.0), 0.0)
+        if float(torch.rand(())) < self.curve_probability:  # another scanner's contrast
+            knots = curve_knots(torch.rand(1, self.curve_knots), self.curve_strength)
+            source = apply_curves(source.unsqueeze(0), knots)[0]
         return sample._replace(
-            source=to_model_range(out["source"].data[..., 0].clamp(0.0, 1.0)),
+            source=to_model_range(source),
             target=to_model_range(out["target"].data[..., 0].clamp(0.0, 1.0)),
             mask=(out["mask"].data[..., 0] > 0.5).to(torch.float32),
         )

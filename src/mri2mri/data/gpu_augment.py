@@ -10,7 +10,8 @@ batch already on the device, with a handful of tensor operations:
   the images, padded with each image's minimum; nearest for the mask);
 - acquisition, on the source only (a different scanner for the input; the target stays clean):
   smooth multiplicative bias field (exponential of a cubic polynomial), Gaussian noise, gamma,
-  applied in the [0, 1] range and clamped there, as ``augment.py`` does.
+  a random monotonic intensity curve, applied in the [0, 1] range and clamped there, as
+  ``augment.py`` does.
 
 Every random draw is made for the *global* batch from a seed (the training loop derives it from
 the run's seed and the global step), and process ``rank`` of ``world_size`` keeps rows
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from mri2mri.config import AugmentationConfig
+from mri2mri.data.intensity_curves import apply_curves, curve_knots
 
 # Exponents (i, j) of x**i * y**j for a polynomial bias field of order 3 (TorchIO's default).
 _BIAS_TERMS = [(i, j) for i in range(4) for j in range(4 - i)]
@@ -92,6 +94,8 @@ class BatchAugmentation(AugmentationConfig):
         noise = draws.normal(source.shape[1:])  # (B, C, H, W), on the device
         gammas = draws.bernoulli(self.gamma_probability)
         gamma = torch.exp(draws.uniform(-self.log_gamma, self.log_gamma) * gammas)
+        curved = draws.bernoulli(self.curve_probability)
+        knots = curve_knots(draws.uniform(0.0, 1.0, self.curve_knots), self.curve_strength)
         device = source.device
         unit = (source.float() + 1) * 0.5  # [-1, 1] -> [0, 1]: bias and gamma act on intensities
         y = torch.linspace(-1, 1, height, device=device).view(1, height, 1)
@@ -101,6 +105,9 @@ class BatchAugmentation(AugmentationConfig):
         unit = unit * torch.exp(log_field * biased.to(device).view(batch, 1, 1, 1))
         unit = unit + noise * (noise_std * noisy).to(device).view(batch, 1, 1, 1)
         unit = unit.clamp(0.0, 1.0) ** gamma.to(device).view(batch, 1, 1, 1)
+        remapped = apply_curves(unit.clamp(0.0, 1.0), knots.to(device))
+        unit = torch.where(curved.to(device).view(batch, 1, 1, 1), remapped, unit)
+        unit = torch.where(source > -1, unit, 0.0)  # an empty background stays empty (see augment.py)
         return (unit.clamp(0.0, 1.0) * 2 - 1).to(source.dtype)
 
 
