@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from mri2mri.data.io import default_file_mode
 from mri2mri.errors import UserError, first_line
 
 CHECKSUM_KEY = "sha256"
@@ -69,6 +70,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        # mkstemp makes 0600 files; the checkpoint gets what an ordinary write would give it.
+        os.chmod(tmp_name, default_file_mode())
         os.replace(tmp_name, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -110,6 +113,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    if not _looks_like_torch_file(path):
+        raise CheckpointError(f"{path}: not a checkpoint (not a file saved by PyTorch)")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
@@ -128,6 +133,16 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     elif stored != _digest(payload):
         raise CheckpointError(f"{path}: checksum mismatch, the checkpoint is corrupt")
     return payload
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """A zip archive (torch.save's format since 1.6) or a pickle stream (the legacy format);
+    anything else is not a checkpoint, and must not be reported as unsafe code."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head == b"PK\x03\x04":  # a zip archive, maybe truncated: torch.load says which
+        return True
+    return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5  # pickle PROTO opcode
 
 
 def load_latest(path: Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], Path]:

@@ -32,6 +32,7 @@ from mri2mri.data.geometry import (
     volume_to_slices,
 )
 from mri2mri.data.io import Volume
+from mri2mri.errors import UserError
 
 # --------------------------------------------------------------------------------------------
 # One input, prepared as training prepared its source
@@ -186,3 +187,46 @@ def reference_from_json(text: str | None) -> dict[str, Any] | None:
     return (
         value if isinstance(value, dict) and "histogram" in value and "threshold" in value else None
     )
+
+
+# --------------------------------------------------------------------------------------------
+# A broken model never writes an output
+
+
+def check_finite_output(prediction: np.ndarray) -> None:
+    """Refuse a model output holding NaN or infinity (a diverged model, an fp16 overflow): a
+    synthetic image of NaN must never be written as if it were a result."""
+    if not np.isfinite(prediction).all():
+        raise UserError(
+            "the model produced NaN or infinite values; nothing was written "
+            "(the model is broken, or its precision overflows: try --precision fp32)"
+        )
+
+
+def check_finite_weights(arrays: Any, model_name: str) -> None:
+    """Refuse a model whose weights (an iterable of ``(name, array)``) hold NaN or infinity,
+    before any input is read: a run that diverged saves such weights."""
+    for name, array in arrays:
+        values = np.asarray(array)
+        if values.dtype.kind in "fc" and not np.isfinite(values).all():
+            raise UserError(
+                f"{model_name}: weight {name} holds NaN or infinite values; the model is broken "
+                "(its training diverged) and cannot synthesise anything"
+            )
+
+
+def onnx_initializers(path: str) -> list[tuple[str, np.ndarray]]:
+    """The weights stored in an ONNX file (empty when the ``onnx`` package is absent: onnxruntime
+    alone cannot list them, and the output check still catches a broken model)."""
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError:
+        return []
+    model = onnx.load(path)
+    return [(init.name, numpy_helper.to_array(init)) for init in model.graph.initializer]
+
+
+def masked(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``values`` inside ``mask`` and exactly 0 outside (a product would keep NaN * 0 = NaN)."""
+    return np.where(np.asarray(mask, dtype=bool), values, np.float32(0.0)).astype(values.dtype, copy=False)

@@ -91,6 +91,8 @@ def find_checkpoint(run_dir: Path, which: str = "best") -> Path:
     run_dir = Path(run_dir)
     if run_dir.is_file():
         return run_dir
+    if not run_dir.exists():
+        raise UserError(f"{run_dir}: does not exist (expected a checkpoint file or a run folder)")
     folder = run_dir / "checkpoints"
     for pattern in (f"*_{which}.pth", "*_best.pth", "*_last.pth"):
         found = sorted(folder.glob(pattern))
@@ -99,14 +101,64 @@ def find_checkpoint(run_dir: Path, which: str = "best") -> Path:
     raise UserError(f"{run_dir}: no checkpoint found (expected {folder}/<run>_best.pth or _last.pth)")
 
 
+# Lock files this process holds: taking one again (the command line locks the folder before
+# preparing data, then training locks it again) nests instead of refusing itself.
+_HELD_BY_THIS_PROCESS: set[Path] = set()
+
+
+# What a run folder of this program holds; a folder holding anything else is the user's.
+RUN_FOLDER_ENTRIES = frozenset({
+    "config.json", "history.csv", "run_summary.json", "metrics.json", "test_metrics.csv",
+    "report.html", "split.json", "checkpoints", "figures", "cache", "test_cache", ".lock",
+})  # fmt: skip
+
+
+def check_run_folder_location(run_dir: Path, data: Path) -> None:
+    """Refuse an ``--out`` that is the data folder (or inside it), or that holds files no run
+    of this program made: training writes config.json, split.json and history.csv there and
+    must never replace a user's own files of those names."""
+    run_dir, data = Path(run_dir), Path(data)
+    out, source = run_dir.resolve(), data.resolve()
+    if out == source or source in out.parents:
+        raise UserError(f"{run_dir}: the run folder would be inside the training data {data}; choose another --out")
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: exists and is not a folder; choose another --out")
+    config = run_dir / "config.json"
+    if config.exists():
+        if _is_run_config(config):
+            return  # a run of this program (its test outputs and all)
+        raise UserError(f"{config}: not a run configuration of this program; choose an empty or new --out")
+    foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_FOLDER_ENTRIES)
+    if foreign:
+        raise UserError(
+            f"{run_dir}: holds files this program did not write ({', '.join(foreign[:3])}); "
+            "choose an empty or new --out"
+        )
+
+
+def _is_run_config(path: Path) -> bool:
+    import json
+
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(payload, dict) and {"data", "model", "train"} <= set(payload)
+
+
 class RunLock:
-    """A lock file holding the owner's pid; a lock whose process is gone is stale and replaced."""
+    """A lock file holding the owner's pid; a lock whose process is gone is stale and replaced.
+    Re-entrant within one process: an inner acquire/release leaves the outer lock in place."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self._held = False
 
     def acquire(self) -> RunLock:
+        if self.path.resolve() in _HELD_BY_THIS_PROCESS:
+            return self  # nested: the outer holder releases it
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(2):
             try:
@@ -123,11 +175,13 @@ class RunLock:
             with os.fdopen(fd, "w") as handle:
                 handle.write(f"{os.getpid()}\n")
             self._held = True
+            _HELD_BY_THIS_PROCESS.add(self.path.resolve())
             return self
         raise UserError(f"{self.path}: could not take the run lock")
 
     def release(self) -> None:
         if self._held:
+            _HELD_BY_THIS_PROCESS.discard(self.path.resolve())
             self.path.unlink(missing_ok=True)
             self._held = False
 

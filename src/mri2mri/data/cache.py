@@ -19,17 +19,22 @@ failure never leaves a half-written cache behind.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mri2mri.data.io import default_dir_mode
 from mri2mri.errors import DataError
 
 CACHE_FORMAT = 1
@@ -68,6 +73,24 @@ class SubjectSlices:
     source: np.ndarray  # (n, C, S, S) float32 in [0, 1]
     target: np.ndarray  # (n, 1, S, S) float32 in [0, 1]
     mask: np.ndarray  # (n, 1, S, S) bool or uint8
+
+
+@contextlib.contextmanager
+def cleanup_on_terminate() -> Iterator[None]:
+    """Inside, SIGTERM raises SystemExit instead of killing the process outright, so that a
+    ``with CacheWriter(...)`` block removes its temporary folder (``.NAME.tmp-*``) on the way out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be installed from the main thread
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class CacheWriter:
@@ -171,6 +194,8 @@ def _finish(tmp: Path, out_dir: Path, meta: dict[str, Any], split_file: dict[str
                 writer.writerow([record["rows"][0] + offset, record["subject"], record["split"], slice_index])
     _write_json(tmp / "split.json", split_file)
     _write_json(tmp / "cache.json", meta)  # written last: its presence marks completion
+    # mkdtemp makes a 0700 folder: give the cache what an ordinary mkdir would.
+    os.chmod(tmp, default_dir_mode())
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)

@@ -125,6 +125,8 @@ class Discovery:
 
     pairs: list[SubjectPair] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    # Subjects (or manifest rows) skipped: one may have several problems (both contrasts missing).
+    skipped: int = 0
 
 
 def discover_pairs(root: Path | str, source: str, target: str) -> Discovery:
@@ -182,6 +184,8 @@ def discover_pairs(root: Path | str, source: str, target: str) -> Discovery:
                 )
         if len(chosen) == 2:
             discovery.pairs.append(SubjectPair(subject, chosen[0], chosen[1], layouts[subject]))
+        else:
+            discovery.skipped += 1
     return discovery
 
 
@@ -263,9 +267,11 @@ def read_manifest(csv_path: Path, source: str, target: str) -> Discovery:
         subject = (row.get(subject_column) or "").strip()
         if not subject:
             discovery.problems.append(f"{csv_path}:{line}: no subject name; skipped")
+            discovery.skipped += 1
             continue
         if subject in seen:
             discovery.problems.append(f"{csv_path}:{line}: subject {subject} listed twice; skipped")
+            discovery.skipped += 1
             continue
         seen.add(subject)
         paths = []
@@ -281,7 +287,25 @@ def read_manifest(csv_path: Path, source: str, target: str) -> Discovery:
             paths.append(path)
         if len(paths) == 2:
             discovery.pairs.append(SubjectPair(subject, paths[0], paths[1], "manifest"))
+        else:
+            discovery.skipped += 1
+    _refuse_shared_files(csv_path, discovery.pairs)
     return discovery
+
+
+def _refuse_shared_files(csv_path: Path, pairs: list[SubjectPair]) -> None:
+    """One file under two subject ids would put the same images in two splits (a leak from
+    training into testing): refuse the manifest, naming the file and both subjects."""
+    owner: dict[Path, str] = {}
+    for pair in pairs:
+        for path in (pair.source, pair.target):
+            key = Path(path).resolve()
+            other = owner.setdefault(key, pair.subject)
+            if other != pair.subject:
+                raise DataError(
+                    f"{csv_path}: {path} is listed under subjects {other} and {pair.subject}; one "
+                    "scan must belong to one subject, or it leaks across the train/val/test split"
+                )
 
 
 def _contrast_column(by_name: dict[str, str], contrast: str) -> str | None:

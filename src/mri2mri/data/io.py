@@ -13,6 +13,9 @@ geometry is converted to the RAS affine that NIfTI uses.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +86,7 @@ def read_volume(path: Path | str) -> Volume:
         raise DataError(f"{path}: not a NIfTI file (.nii or .nii.gz) or a DICOM folder")
     try:
         image = nib.load(str(path))
+        check_claimed_size(image, path)
         image = _squeeze_to_3d(image, path)
         canonical = nib.as_closest_canonical(image)
         data = np.asarray(canonical.get_fdata(dtype=np.float32))
@@ -93,6 +97,31 @@ def read_volume(path: Path | str) -> Volume:
             f"{path}: unreadable NIfTI ({type(error).__name__}: {first_line(error)})"
         ) from None
     return _checked_volume(data, canonical.affine, image.affine, image.shape, path)
+
+
+# A volume whose header claims more voxel bytes than this is refused before its data is read: a
+# 512^3 float32 volume is 0.5 GiB, and an 86-byte file can claim terabytes.
+MAX_VOLUME_BYTES = 2 * 1024**3
+
+
+def check_claimed_size(image: nib.Nifti1Image, path: Path, limit: int = MAX_VOLUME_BYTES) -> None:
+    """Refuse a NIfTI whose header claims more data than ``limit`` bytes or, for an uncompressed
+    file, more than the file holds, before any of that data is allocated."""
+    header = image.header
+    shape = tuple(int(s) for s in header.get_data_shape())
+    itemsize = np.dtype(header.get_data_dtype()).itemsize
+    claimed = int(np.prod(shape, dtype=object)) * itemsize
+    if claimed > limit:
+        raise DataError(
+            f"{path}: header claims a {'x'.join(map(str, shape))} volume of {claimed / 1024**3:.1f} GiB, "
+            f"more than the {limit / 1024**3:.0f} GiB limit; the file is damaged or not a single volume"
+        )
+    if not str(path).lower().endswith(".gz"):
+        available = path.stat().st_size - int(header.get_data_offset())
+        if claimed > available:
+            raise DataError(
+                f"{path}: truncated NIfTI (header claims {claimed} bytes of voxels, the file holds {max(available, 0)})"
+            )
 
 
 def _squeeze_to_3d(image: nib.Nifti1Image, path: Path) -> nib.Nifti1Image:
@@ -129,6 +158,80 @@ def canonical_to_original(array: np.ndarray, original_affine: np.ndarray) -> np.
 
 
 # --------------------------------------------------------------------------------------------
+# Writing files whole
+
+
+def default_file_mode() -> int:
+    """The permissions an ordinary ``open(path, "w")`` would give a new file (0o666 less the
+    umask); temporary files start at 0o600 and must be widened to this before the rename."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def default_dir_mode() -> int:
+    """The permissions ``os.mkdir`` would give a new folder (0o777 less the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o777 & ~mask
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half;
+    the new file gets the permissions of an ordinary write."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp_name, default_file_mode())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    """UTF-8 text written like :func:`atomic_write_bytes`."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def check_writable_output(path: Path | str, what: str = "output") -> None:
+    """Refuse, before any work, an output file that cannot be created: its nearest existing
+    ancestor must be a folder this process may write into (not a file, not ``/proc``)."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; the {what} must be a file")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    check_writable_folder(parent, what, target=path)
+
+
+def check_writable_folder(folder: Path | str, what: str = "output", *, target: Path | None = None) -> None:
+    """Refuse a folder that cannot receive new files (a file, or a folder this process may not
+    write into, such as one under ``/proc``), naming ``target`` (default: the folder)."""
+    folder = Path(folder)
+    target = target or folder
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise DataError(f"{target}: cannot write the {what}: {probe} is not a folder")
+    try:
+        handle, name = tempfile.mkstemp(prefix=".write-check-", dir=probe)
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise DataError(f"{target}: cannot write the {what} in {probe} ({reason})") from None
+    os.close(handle)
+    os.unlink(name)
+
+
+# --------------------------------------------------------------------------------------------
 # DICOM
 
 
@@ -137,6 +240,13 @@ def read_dicom_series(folder: Path | str) -> Volume:
 
     Files are ordered by ImagePositionPatient projected on the slice normal, so file names and
     their order do not matter; RescaleSlope and RescaleIntercept are applied per slice.
+
+    A folder must hold exactly one series: slices of several SeriesInstanceUIDs are refused,
+    naming each series and its slice count (guessing which one is meant could silently
+    synthesise from the wrong scan; put each series in its own folder). Slices of different
+    orientations, two slices at one position, and gaps or uneven spacing (beyond
+    :data:`SPACING_TOLERANCE` of the median step) are refused too: stacking them would give a
+    volume with the wrong geometry.
     """
     import pydicom  # imported here: only DICOM users pay for it
 
@@ -156,6 +266,7 @@ def read_dicom_series(folder: Path | str) -> Volume:
             raise DataError(f"{file}: not a DICOM image (no SOPClassUID, no pixel data)")
     if not slices:
         raise DataError(f"{folder}: no DICOM slices found")
+    _check_one_series(folder, slices)
 
     first = slices[0][1]
     try:
@@ -164,12 +275,23 @@ def read_dicom_series(folder: Path | str) -> Volume:
         normal = np.cross(row_cosine, column_cosine)
         positions = [np.array([float(v) for v in d.ImagePositionPatient]) for _, d in slices]
         row_spacing, column_spacing = (float(v) for v in first.PixelSpacing)
+        orientations = [np.array([float(v) for v in d.ImageOrientationPatient]) for _, d in slices]
     except (AttributeError, ValueError, TypeError) as error:
         raise DataError(
             f"{folder}: DICOM slices lack position/orientation ({first_line(error)})"
         ) from None
+    if not (row_spacing > 0 and column_spacing > 0) or not np.isfinite([row_spacing, column_spacing]).all():
+        raise DataError(f"{folder}: DICOM PixelSpacing {row_spacing}, {column_spacing} is not positive")
+    if not np.isfinite(np.linalg.norm(normal)) or np.linalg.norm(normal) < 0.5:
+        raise DataError(f"{folder}: DICOM ImageOrientationPatient {list(orientation)} is degenerate")
+    for (file, _), other in zip(slices, orientations, strict=True):
+        if np.abs(other - orientation).max() > 1e-3:
+            raise DataError(
+                f"{file}: slice orientation {list(other)} differs from the series' {list(orientation)}"
+            )
 
     order = np.argsort([float(p @ normal) for p in positions], kind="stable")
+    _check_slice_spacing(folder, [float(positions[i] @ normal) for i in order], [slices[i][0] for i in order])
     planes = []
     for index in order:
         file, dataset = slices[index]
@@ -201,6 +323,43 @@ def read_dicom_series(folder: Path | str) -> Volume:
     canonical = nib.as_closest_canonical(image)
     canonical_data = np.asarray(canonical.dataobj, dtype=np.float32)
     return _checked_volume(canonical_data, canonical.affine, affine, data.shape, folder)
+
+
+# Slice steps may differ from their median by this fraction before a series counts as uneven.
+SPACING_TOLERANCE = 0.01
+
+
+def _check_one_series(folder: Path, slices: list) -> None:
+    """Refuse a folder holding slices of several series (SeriesInstanceUID), naming them."""
+    counts: dict[str, int] = {}
+    for _, dataset in slices:
+        uid = str(getattr(dataset, "SeriesInstanceUID", "") or "")
+        counts[uid] = counts.get(uid, 0) + 1
+    if len(counts) > 1:
+        listed = ", ".join(f"{uid or '(no SeriesInstanceUID)'} ({n} slices)" for uid, n in sorted(counts.items()))
+        raise DataError(f"{folder}: {len(counts)} DICOM series in one folder: {listed}; put each series in its own folder")
+
+
+def _check_slice_spacing(folder: Path, offsets: list[float], files: list[Path]) -> None:
+    """Refuse duplicate slice positions, gaps and uneven spacing (sorted offsets along the normal)."""
+    if len(offsets) < 2:
+        return
+    steps = np.diff(np.asarray(offsets))
+    duplicate = np.flatnonzero(steps < 1e-3)
+    if duplicate.size:
+        index = int(duplicate[0])
+        raise DataError(
+            f"{folder}: {files[index].name} and {files[index + 1].name} lie at the same position "
+            f"({offsets[index]:.3f} mm along the slice normal); one series has one slice per position"
+        )
+    median = float(np.median(steps))
+    uneven = np.flatnonzero(np.abs(steps - median) > SPACING_TOLERANCE * median + 1e-3)
+    if uneven.size:
+        index = int(uneven[0])
+        raise DataError(
+            f"{folder}: slice spacing is not uniform: {steps[index]:.3f} mm between {files[index].name} "
+            f"and {files[index + 1].name}, {median:.3f} mm elsewhere (a gap or missing slices)"
+        )
 
 
 # --------------------------------------------------------------------------------------------

@@ -35,7 +35,14 @@ from typing import Any
 import numpy as np
 
 from mri2mri.config import DataConfig
-from mri2mri.data.cache import CacheWriter, SliceCache, SubjectRecord, SubjectSlices, is_cache
+from mri2mri.data.cache import (
+    CacheWriter,
+    SliceCache,
+    SubjectRecord,
+    SubjectSlices,
+    cleanup_on_terminate,
+    is_cache,
+)
 from mri2mri.data.discovery import SubjectPair, canonical_contrast, discover_pairs
 from mri2mri.data.geometry import (
     brain_mask,
@@ -45,7 +52,7 @@ from mri2mri.data.geometry import (
     select_slices,
     volume_to_slices,
 )
-from mri2mri.data.io import Volume, read_volume
+from mri2mri.data.io import Volume, check_writable_folder, read_volume
 from mri2mri.errors import DataError
 
 # Bump when the slices a given input produces change, so old caches are not reused.
@@ -122,6 +129,15 @@ def resample_to(moving: Volume, reference: Volume, transform=None) -> np.ndarray
     return np.ascontiguousarray(sitk.GetArrayFromImage(result).transpose(2, 1, 0))
 
 
+def _itk_reason(error: BaseException) -> str:
+    """One line from a SimpleITK exception, whose text spans several (file, line, description)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("Description:"):
+            return line[len("Description:"):].strip()
+    return lines[-1] if lines else type(error).__name__
+
+
 def register_rigid(fixed: Volume, moving: Volume, *, seed: int = 0, iterations: int = 100):
     """Rigid (Euler 3D) registration of ``moving`` onto ``fixed`` by Mattes mutual information.
 
@@ -158,7 +174,7 @@ def register_rigid(fixed: Volume, moving: Volume, *, seed: int = 0, iterations: 
         transform = method.Execute(fixed_image, moving_image)
     except RuntimeError as error:
         raise DataError(
-            f"{moving.path}: rigid registration onto {fixed.path} failed ({error})"
+            f"{moving.path}: rigid registration onto {fixed.path} failed ({_itk_reason(error)})"
         ) from None
     euler = sitk.Euler3DTransform(sitk.CompositeTransform(transform).GetNthTransform(0))
     parameters = np.array(euler.GetParameters())
@@ -312,7 +328,9 @@ def prepare(
     from mri2mri.data import png  # png imports this module's helpers
 
     data_path, cache_dir = Path(data_path), Path(cache_dir)
+    data_config.validate()  # a config built by hand is checked as the command line's is
     _check_cache_location(data_path, cache_dir)
+    check_writable_folder(cache_dir.parent, "slice cache", target=cache_dir)
     canonical_contrast(data_config.source), canonical_contrast(data_config.target)
     if png.is_png_pair_root(data_path):
         pairs = png.discover_image_pairs(data_path, data_config.source, data_config.target)
@@ -339,12 +357,12 @@ def prepare(
     if _reusable(cache_dir, key):
         return cache_dir
 
-    skipped = len(discovery.problems)
+    skipped = discovery.skipped  # subjects, not problem lines (one subject may have two)
     kept: list[SubjectRecord] = []
     n_slices = 0
     from tqdm.auto import tqdm
 
-    with CacheWriter(
+    with cleanup_on_terminate(), CacheWriter(
         cache_dir, fingerprint=key, data_config=dataclasses.asdict(data_config)
     ) as writer:
         for pair in tqdm(discovery.pairs, desc="prepare", unit="subject", disable=not progress):
