@@ -68,7 +68,7 @@ def test_unknown_language_or_label_raises_config_error_listing_choices():
 
 
 def all_zh_text() -> str:
-    fields = {"source": "T1", "target": "T2", "mae": 0.1}
+    fields = {"source": "T1", "target": "T2", "mae": 0.1, "passes": 8}
     return "".join(template.format(**fields) for template in figures.labels("zh").values())
 
 

@@ -55,6 +55,7 @@ LABELS: dict[str, dict[str, str]] = {
         "real": "Real {target}",
         "abs_error": "Absolute error",
         "abs_error_mae": "Absolute error (MAE {mae:.3f})",
+        "uncertainty": "Uncertainty (std of {passes} passes)",
         "translation": "{source} → {target}",
         "comparison": "{source} → {target}: the same test slice from every run",
         "run": "Run",
@@ -75,6 +76,7 @@ LABELS: dict[str, dict[str, str]] = {
         "real": "真实 {target}",
         "abs_error": "绝对误差",
         "abs_error_mae": "绝对误差 (MAE {mae:.3f})",
+        "uncertainty": "不确定性（{passes} 次推理的标准差）",
         "translation": "{source} → {target}",
         "comparison": "{source} → {target}：各次运行在同一测试切片上的结果",
         "run": "运行",
@@ -352,11 +354,17 @@ def plot_triptych(
     lang: str = "en",
     error_map: bool = True,
     error_vmax: float = DEFAULT_ERROR_VMAX,
+    uncertainty: np.ndarray | None = None,
+    uncertainty_passes: int = 0,
 ) -> Path:
-    """Input | generated | real (| absolute error with a colour bar) for one slice.
+    """Input | generated | real (| absolute error with a colour bar) (| uncertainty) for one slice.
 
     Images are 2D arrays in [0, 1]. With ``mask``, the error map and its MAE cover only the
-    mask (the brain); outside it is drawn black. Returns ``out_png``.
+    mask (the brain); outside it is drawn black. ``uncertainty`` (the voxelwise std over
+    ``uncertainty_passes`` test-time passes) adds a fifth panel, masked like the error, with
+    its own colour bar up to its 99th percentile (a spread is smaller than the error it
+    predicts; what matters is whether the two maps are bright in the same places). Returns
+    ``out_png``.
     """
     with figure_style(lang):
         images = {
@@ -366,7 +374,7 @@ def plot_triptych(
         }
         _same_shape(images)
         names = {"source": source_name, "target": target_name}
-        panels = 4 if error_map else 3
+        panels = (4 if error_map else 3) + (uncertainty is not None)
         figure = Figure(figsize=(3.2 * panels + (0.6 if error_map else 0), 3.6),
                         layout="constrained")
         axes = figure.subplots(1, panels)
@@ -377,6 +385,15 @@ def plot_triptych(
             error, mae = absolute_error(images["generated"], images["target"], mask)
             handle = _show_error(axes[3], error, t("abs_error_mae", lang, mae=mae), error_vmax)
             figure.colorbar(handle, ax=axes[3], fraction=0.046, pad=0.04, extend="max")
+        if uncertainty is not None:
+            spread = _as_image(uncertainty, "uncertainty")
+            _same_shape({**images, "uncertainty": spread})
+            shown = np.ma.masked_where(~(mask > 0), spread) if mask is not None else spread
+            values = np.ma.compressed(np.ma.asarray(shown))
+            vmax = max(float(np.percentile(values, 99)) if values.size else 0.0, 1e-3)
+            handle = _show_error(axes[-1], shown, t("uncertainty", lang, passes=uncertainty_passes),
+                                 vmax)  # fmt: skip
+            figure.colorbar(handle, ax=axes[-1], fraction=0.046, pad=0.04, extend="max")
         figure.suptitle(_plain(title) if title else t("translation", lang, **names))
         return _save(figure, out_png)
 

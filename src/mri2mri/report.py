@@ -2,7 +2,8 @@
 
 A report is a single ``report.html`` that opens in any browser, offline, and can be mailed or
 archived on its own: images are embedded as base64 data URIs, the style sheet is inline, and
-there is no JavaScript. Every piece of text that comes from a file is HTML-escaped. Chinese
+the only JavaScript is the inline slice viewer (every test slice, from ``viewer/`` written by
+``mri2mri test``; see :mod:`mri2mri.viewer`). Every piece of text that comes from a file is HTML-escaped. Chinese
 text would show as empty boxes on a machine without a CJK font, so the glyphs a page uses are
 embedded too: a subset of the same Noto Sans CJK font the figures use (a few tens of kB).
 
@@ -63,6 +64,13 @@ TEXT: dict[str, dict[str, str]] = {
         "table": "Comparison table",
         "figure": "Comparison figure",
         "footer": "Written by mri2mri {version} on {date}.",
+        "viewer": "Slice viewer",
+        "viewer_help": "Every slice of each test subject: drag the slider or press ←/→ (↑/↓) after "
+                       "clicking a viewer. Images are downscaled to {size} px and stored as 8-bit "
+                       "JPEG; the error is |generated − real| in the brain, black to bright at 0 to {vmax}.",
+        "viewer_slice": "slice {index} ({number}/{count})",
+        "viewer_omitted": "Not in the viewer, to keep this page small: {subjects}.",
+        "error_panel": "Absolute error",
     },
     "zh": {
         "run_report": "mri2mri 运行报告",
@@ -95,6 +103,13 @@ TEXT: dict[str, dict[str, str]] = {
         "table": "对比表",
         "figure": "对比图",
         "footer": "由 mri2mri {version} 于 {date} 生成。",
+        "viewer": "切片浏览器",
+        "viewer_help": "每名测试受试者的全部切片：拖动滑块，或点击浏览器后按 ←/→（↑/↓）翻页。"
+                       "图像缩小到 {size} 像素并以 8 位 JPEG 保存；误差为脑内 |生成 − 真实|，"
+                       "由黑到亮对应 0 到 {vmax}。",
+        "viewer_slice": "切片 {index}（{number}/{count}）",
+        "viewer_omitted": "为控制页面大小，以下受试者未放入浏览器：{subjects}。",
+        "error_panel": "绝对误差",
     },
 }
 
@@ -125,6 +140,74 @@ figcaption { color: #555; font-size: .9rem; }
 .config { display: flex; flex-wrap: wrap; gap: 1.5rem; }
 pre { background: #f6f6f6; padding: .6rem; overflow-x: auto; }
 footer { margin-top: 3rem; color: #888; font-size: .85rem; }
+.viewer { margin: 1rem 0 1.6rem; padding: .6rem; border: 1px solid #ddd; }
+.viewer:focus { outline: 2px solid #4a7ebb; }
+.viewer .panels { display: flex; flex-wrap: wrap; gap: .6rem; }
+.viewer figure { margin: 0; }
+.viewer canvas { width: 192px; height: auto; image-rendering: pixelated; background: #000; }
+.viewer input[type=range] { width: min(100%, 800px); }
+.viewer .slice-metrics { font-variant-numeric: tabular-nums; }
+"""
+
+# The slice viewer: draws slice k of each sprite sheet into its canvas. ?slice=K in the page's
+# address opens every viewer at slice K (for links, and for testing the page in a browser).
+_VIEWER_SCRIPT = """
+(function () {
+  const data = JSON.parse(document.getElementById('viewer-data').textContent);
+  const start = new URLSearchParams(window.location.search).get('slice');
+  let active = null;
+  document.querySelectorAll('.viewer').forEach(function (root) {
+    const subject = data.subjects[Number(root.dataset.index)];
+    const slider = root.querySelector('input[type=range]');
+    const canvases = Array.from(root.querySelectorAll('canvas'));
+    const label = root.querySelector('.slice-metrics');
+    const [height, width] = data.size;
+    const sheets = data.panels.map(function (panel) {
+      const image = new Image();
+      image.src = subject.sprites[panel];
+      return image;
+    });
+    function format(name, value) {
+      if (value === null || value === undefined) { return name + ' n/a'; }
+      return name + ' ' + value.toFixed(name.startsWith('psnr') ? 2 : 4);
+    }
+    function draw() {
+      const k = Number(slider.value);
+      canvases.forEach(function (canvas, i) {
+        const context = canvas.getContext('2d');
+        context.clearRect(0, 0, width, height);
+        context.drawImage(sheets[i], 0, k * height, width, height, 0, 0, width, height);
+      });
+      const metrics = data.metric_names.map(function (name) { return format(name, subject.metrics[name][k]); });
+      label.textContent = root.dataset.sliceText.replace('{index}', subject.slices[k])
+        .replace('{number}', k + 1).replace('{count}', subject.slices.length) + ': ' + metrics.join(', ');
+      root.dataset.slice = String(k);
+    }
+    function step(delta) {
+      slider.value = String(Math.min(Number(slider.max), Math.max(0, Number(slider.value) + delta)));
+      draw();
+    }
+    root.mri2mriStep = step;
+    slider.addEventListener('input', draw);
+    root.addEventListener('focusin', function () { active = root; });
+    root.addEventListener('pointerdown', function () { active = root; });
+    Promise.all(sheets.map(function (image) { return image.decode(); })).then(function () {
+      if (start !== null && !Number.isNaN(Number(start))) {
+        slider.value = String(Math.min(Number(slider.max), Math.max(0, Math.round(Number(start)))));
+      }
+      draw();
+      root.dataset.ready = '1';
+    });
+  });
+  document.addEventListener('keydown', function (event) {
+    const root = active || document.querySelector('.viewer');
+    // A focused slider moves by itself on arrow keys; do not move it twice.
+    const onSlider = event.target instanceof Element && event.target.matches('input[type=range]');
+    if (!root || !root.mri2mriStep || onSlider) { return; }
+    const delta = {ArrowRight: 1, ArrowDown: 1, ArrowLeft: -1, ArrowUp: -1}[event.key];
+    if (delta) { root.mri2mriStep(delta); event.preventDefault(); }
+  });
+})();
 """
 
 
@@ -461,6 +544,10 @@ def write_run_report(run_dir: str | Path, lang: str = "en") -> Path:
         sections.append(f"<h2>{_esc(_text('metrics', lang))}</h2>"
                         + _note(_text("missing", lang, name="metrics.json")))
 
+    viewer = _viewer_section(run / "viewer", config, lang)
+    if viewer:
+        sections.append(viewer)
+
     examples = sorted(figures_dir.glob("test_visualization_*.png"))
     if examples:
         sections.append(f"<h2>{_esc(_text('examples', lang))}</h2>"
@@ -480,6 +567,51 @@ def write_run_report(run_dir: str | Path, lang: str = "en") -> Path:
     out = run / "report.html"
     out.write_text(_page(title, sections, lang), encoding="utf-8")
     return out
+
+
+def _viewer_section(folder: Path, config: Any, lang: str) -> str:
+    """The slice viewer of every test subject ('' when the run folder has no ``viewer/``)."""
+    from mri2mri.figures import t
+    from mri2mri.viewer import load_viewer
+
+    try:
+        payload = load_viewer(folder)
+    except (OSError, ValueError, KeyError) as error:
+        return f"<h2>{_esc(_text('viewer', lang))}</h2>" + _note(f"{folder}: unreadable ({error})")
+    if not payload or not payload.get("subjects"):
+        return ""
+    data = config.get("data", {}) if isinstance(config, dict) else {}
+    names = {"source": str(data.get("source", "T1")), "target": str(data.get("target", "T2"))}
+    labels = {"source": t("input", lang, **names), "prediction": t("generated", lang, **names),
+              "target": t("real", lang, **names), "error": _text("error_panel", lang)}  # fmt: skip
+    height, width = payload["size"]
+    for entry in payload["subjects"]:
+        entry["sprites"] = {panel: "data:image/jpeg;base64," + base64.b64encode(raw).decode("ascii")
+                            for panel, raw in entry.pop("data").items()}  # fmt: skip
+    parts = [f"<h2>{_esc(_text('viewer', lang))}</h2>",
+             _note(_text("viewer_help", lang, size=max(height, width), vmax=payload.get("error_vmax")))]  # fmt: skip
+    for index, entry in enumerate(payload["subjects"]):
+        count = len(entry["slices"])
+        panels = "".join(
+            f'<figure><canvas width="{width}" height="{height}" data-panel="{_esc(panel)}"></canvas>'
+            f"<figcaption>{_esc(labels.get(panel, panel))}</figcaption></figure>"
+            for panel in payload["panels"]
+        )
+        parts.append(
+            f'<div class="viewer" tabindex="0" data-index="{index}" '
+            f'data-slice-text="{_esc(TEXT[lang]["viewer_slice"])}">'
+            f"<h3>{_esc(entry['subject'])}</h3>"
+            f'<input type="range" min="0" max="{count - 1}" value="{count // 2}" '
+            f'aria-label="{_esc(entry["subject"])}">'
+            f'<p class="slice-metrics"></p><div class="panels">{panels}</div></div>'
+        )
+    if payload.get("omitted_subjects"):
+        parts.append(_note(_text("viewer_omitted", lang, subjects=", ".join(payload["omitted_subjects"]))))
+    blob = json.dumps({k: payload[k] for k in ("size", "panels", "metric_names", "subjects")})
+    parts.append('<script type="application/json" id="viewer-data">'
+                 + blob.replace("</", "<\\/") + "</script>")  # fmt: skip
+    parts.append(f"<script>{_VIEWER_SCRIPT}</script>")
+    return "\n".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------

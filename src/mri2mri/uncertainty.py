@@ -1,0 +1,83 @@
+"""Voxelwise uncertainty of a synthetic image by test-time augmentation.
+
+The model is run K times on transformed copies of each slice (pass k: a horizontal flip when k
+is odd, and a shift by a pixel or two that grows with k; pass 0 is the plain input), every
+output is transformed back, and the uncertainty is the voxelwise standard deviation of the K
+outputs on the unit scale. A model that is sure of a voxel gives it the same value whatever
+side of the head it sees it on and wherever it sits in the field of view; disagreement marks
+voxels the model guesses at, which is where its errors concentrate (``mri2mri test
+--uncertainty`` measures how well it ranks them: the Spearman correlation between uncertainty
+and absolute error inside the brain).
+
+Test-time augmentation needs nothing from the network, so it works the same for PyTorch
+checkpoints and exported ONNX models, and it is deterministic: the same input gives the same
+map. (MC dropout would need the network's dropout layers switched on, which an ONNX model
+does not allow, and would make the map random.) NumPy only, like :mod:`mri2mri.predict`'s
+ONNX route.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+# (B, C, S, S) in [-1, 1] -> (B, 1, S, S) in [-1, 1]: the model's own range.
+Runner = Callable[[np.ndarray], np.ndarray]
+
+DEFAULT_PASSES = 8
+# (rows, columns) shifts in pixels; pass k uses SHIFTS[k // 2], flipped when k is odd.
+SHIFTS = ((0, 0), (1, 0), (0, 1), (-1, 0), (0, -1), (1, 1), (-1, -1), (1, -1), (-1, 1),
+          (2, 0), (0, 2), (-2, 0), (0, -2), (2, 2), (-2, -2), (2, -2), (-2, 2))  # fmt: skip
+MAX_PASSES = 2 * len(SHIFTS)
+
+
+def check_passes(passes: int) -> int:
+    """``passes`` when it is a usable number of test-time passes, else ValueError."""
+    if not 2 <= passes <= MAX_PASSES:
+        raise ValueError(f"--uncertainty-passes must be between 2 and {MAX_PASSES}, got {passes}")
+    return passes
+
+
+def transform(batch: np.ndarray, k: int) -> np.ndarray:
+    """Pass ``k``'s view of a (B, C, H, W) batch: shifted, then flipped left-right when k is odd."""
+    shifted = np.roll(batch, SHIFTS[k // 2], axis=(-2, -1))
+    return shifted[..., ::-1] if k % 2 else shifted
+
+
+def untransform(batch: np.ndarray, k: int) -> np.ndarray:
+    """Undo :func:`transform` on the outputs of pass ``k``."""
+    unflipped = batch[..., ::-1] if k % 2 else batch
+    dy, dx = SHIFTS[k // 2]
+    return np.roll(unflipped, (-dy, -dx), axis=(-2, -1))
+
+
+def tta_std(run: Runner, batch: np.ndarray, passes: int = DEFAULT_PASSES) -> np.ndarray:
+    """(B, 1, H, W) standard deviation over ``passes`` test-time passes, on the unit scale.
+
+    ``batch`` is in the model's range [-1, 1]; each pass's output is clipped to [0, 1] first,
+    as the prediction itself is.
+    """
+    check_passes(passes)
+    total = None
+    total_sq = None
+    for k in range(passes):
+        view = np.ascontiguousarray(transform(batch, k), dtype=np.float32)
+        out = np.asarray(run(view), dtype=np.float64)[:, :1]
+        out = np.clip((untransform(out, k) + 1.0) * 0.5, 0.0, 1.0)
+        total = out if total is None else total + out
+        total_sq = out * out if total_sq is None else total_sq + out * out
+    mean = total / passes
+    variance = np.maximum(total_sq / passes - mean * mean, 0.0)
+    return np.sqrt(variance).astype(np.float32)
+
+
+def spearman(uncertainty: np.ndarray, error: np.ndarray) -> float:
+    """Spearman rank correlation of two equally long 1D arrays (NaN when either is constant)."""
+    from scipy.stats import spearmanr
+
+    uncertainty = np.asarray(uncertainty, dtype=np.float64).ravel()
+    error = np.asarray(error, dtype=np.float64).ravel()
+    if uncertainty.size < 3 or np.ptp(uncertainty) == 0 or np.ptp(error) == 0:
+        return float("nan")
+    return float(spearmanr(uncertainty, error).statistic)

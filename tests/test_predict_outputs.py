@@ -1,0 +1,311 @@
+"""What `predict` writes besides NIfTI: DICOM series, a BIDS derivative, uncertainty maps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from test_data_io import write_dicom_series
+from test_predict import SPACING, brain_pair, fit_run, save_oblique
+
+from mri2mri import __version__
+from mri2mri.bids import output_name, parse_name, predict_bids
+from mri2mri.cli import main as cli_main
+from mri2mri.data.io import read_volume
+from mri2mri.errors import DataError
+from mri2mri.predict import file_sha256, predict_path
+from mri2mri.uncertainty import MAX_PASSES, transform, tta_std, untransform
+
+PATIENT = {"PatientName": "DOE^JANE", "PatientID": "P-0042", "PatientBirthDate": "19700101",
+           "PatientSex": "F", "StudyDate": "20240102", "AccessionNumber": "ACC7"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return fit_run(tmp_path_factory.mktemp("outputs"))
+
+
+@pytest.fixture(scope="module")
+def dicom_input(tmp_path_factory) -> Path:
+    """An axial T1 series (shuffled files) with a study, a patient and a frame of reference."""
+    folder = write_dicom_series(tmp_path_factory.mktemp("dicom") / "T1", brain_pair(seed=12)[0],
+                                SPACING, slope=1.0, intercept=0.0)  # fmt: skip
+    study, frame = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    for file in folder.iterdir():
+        ds = pydicom.dcmread(file)
+        for keyword, value in PATIENT.items():
+            setattr(ds, keyword, value)
+        ds.StudyInstanceUID, ds.FrameOfReferenceUID = study, frame
+        ds.SOPClassUID = pydicom.uid.MRImageStorage
+        ds.save_as(file, enforce_file_format=True)
+    return folder
+
+
+def read_series(folder: Path) -> list[pydicom.Dataset]:
+    return [pydicom.dcmread(p) for p in sorted(folder.iterdir())]
+
+
+def sitk_series(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    return reader.Execute()
+
+
+# --------------------------------------------------------------------------------------------
+# DICOM out
+
+
+def test_dicom_series_in_gives_a_synthetic_series_on_its_geometry(run_dir, dicom_input, tmp_path):
+    out = tmp_path / "synth_T2"
+    assert predict_path(run_dir, dicom_input, out, device="cpu") == [out]  # auto: DICOM in, DICOM out
+    written = read_series(out)
+    inputs = {tuple(float(v) for v in d.ImagePositionPatient): d for d in read_series(dicom_input)}
+    assert len(written) == len(inputs)
+    input_series = next(iter(inputs.values())).SeriesInstanceUID
+    input_sops = {d.SOPInstanceUID for d in inputs.values()}
+    assert len({d.SeriesInstanceUID for d in written}) == 1
+    assert written[0].SeriesInstanceUID != input_series
+    assert len({d.SOPInstanceUID for d in written}) == len(written)
+    assert not input_sops & {d.SOPInstanceUID for d in written}
+    for ds in written:
+        source = inputs[tuple(float(v) for v in ds.ImagePositionPatient)]
+        assert ds.StudyInstanceUID == source.StudyInstanceUID
+        assert ds.FrameOfReferenceUID == source.FrameOfReferenceUID
+        for keyword, value in PATIENT.items():
+            assert str(ds.data_element(keyword).value) == value
+        assert ds.Modality == "MR"
+        assert list(ds.ImageType) == ["DERIVED", "SECONDARY"]
+        assert ds[0x0008, 0x001C].value == "YES"  # Synthetic Data
+        assert "synthetic T2" in ds.SeriesDescription and "mri2mri" in ds.SeriesDescription
+        assert "tiny_best.pth" in ds.DerivationDescription and "T1" in ds.DerivationDescription
+        assert [float(v) for v in ds.ImageOrientationPatient] == [float(v) for v in source.ImageOrientationPatient]
+        assert [float(v) for v in ds.PixelSpacing] == [float(v) for v in source.PixelSpacing]
+        assert float(ds.SliceThickness) == float(source.SliceThickness)
+        assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+        assert (ds.BitsAllocated, ds.PixelRepresentation) == (16, 0)
+        assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+
+    # Pixels through the modality LUT are the NIfTI output's unit-scale values.
+    nifti = tmp_path / "synth_T2.nii.gz"
+    predict_path(run_dir, dicom_input, nifti, device="cpu")
+    expected = nib.load(nifti)
+    back = read_volume(out)  # mri2mri's own DICOM reader
+    assert back.original_shape == expected.shape
+    np.testing.assert_allclose(back.original_affine, expected.affine, atol=1e-4)
+    np.testing.assert_allclose(back.to_original(back.data), expected.get_fdata(), atol=6e-5)
+    assert expected.get_fdata().max() > 0.5  # not an empty image
+
+    # SimpleITK reads the series on the input's grid, with the same values.
+    image, source = sitk_series(out), sitk_series(dicom_input)
+    assert image.GetSize() == source.GetSize()
+    np.testing.assert_allclose(image.GetOrigin(), source.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(image.GetSpacing(), source.GetSpacing(), atol=1e-4)
+    np.testing.assert_allclose(image.GetDirection(), source.GetDirection(), atol=1e-6)
+    via_nifti = sitk.ReadImage(str(nifti))
+    np.testing.assert_allclose(image.GetOrigin(), via_nifti.GetOrigin(), atol=1e-3)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(via_nifti), atol=6e-5)
+
+
+def test_nifti_in_dicom_out_takes_its_geometry_from_the_affine(run_dir, tmp_path):
+    t1 = save_oblique(tmp_path / "new_T1.nii.gz", brain_pair(seed=11)[0])  # rotated, axes reversed
+    out = tmp_path / "series"
+    predict_path(run_dir, t1, out, device="cpu", output_format="dicom")
+    nifti = predict_path(run_dir, t1, tmp_path / "synth.nii.gz", device="cpu")[0]
+    written = read_series(out)
+    assert all("SourceImageSequence" not in ds for ds in written)
+    assert len({ds.StudyInstanceUID for ds in written}) == 1 and written[0].StudyInstanceUID
+    assert written[0].PatientID and written[0][0x0008, 0x001C].value == "YES"
+    # The same voxels in the same place: both read back as canonical RAS volumes.
+    back, expected = read_volume(out), read_volume(nifti)
+    np.testing.assert_allclose(back.affine, expected.affine, atol=1e-4)
+    np.testing.assert_allclose(back.data, expected.data, atol=6e-5)
+    image, via_nifti = sitk_series(out), sitk.ReadImage(str(nifti))
+    reoriented = sitk.DICOMOrient(via_nifti, "LPS")  # the series is written on L-P-S axes
+    np.testing.assert_allclose(image.GetOrigin(), reoriented.GetOrigin(), atol=1e-3)
+    np.testing.assert_allclose(image.GetDirection(), reoriented.GetDirection(), atol=1e-5)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(reoriented), atol=6e-5)
+
+
+def test_dicom_output_is_refused_when_it_exists_and_replaced_with_overwrite(run_dir, dicom_input, tmp_path):
+    out = tmp_path / "synth"
+    predict_path(run_dir, dicom_input, out, device="cpu")
+    first = sorted(d.SOPInstanceUID for d in read_series(out))
+    with pytest.raises(DataError, match="exists"):
+        predict_path(run_dir, dicom_input, out, device="cpu")
+    assert sorted(d.SOPInstanceUID for d in read_series(out)) == first  # untouched
+    predict_path(run_dir, dicom_input, out, device="cpu", overwrite=True)
+    assert sorted(d.SOPInstanceUID for d in read_series(out)) != first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synth"]  # no temporary folders left
+    with pytest.raises(DataError, match="folder"):
+        predict_path(run_dir, dicom_input, tmp_path / "x.png", device="cpu", output_format="dicom")
+
+
+def test_cli_output_format_dicom(run_dir, tmp_path, capsys):
+    t1 = save_oblique(tmp_path / "T1.nii.gz", brain_pair(seed=3)[0])
+    assert cli_main(["predict", str(run_dir), str(t1), str(tmp_path / "out"), "--device", "cpu",
+                     "--output-format", "dicom"]) == 0  # fmt: skip
+    assert len(list((tmp_path / "out").glob("IM*.dcm"))) == nib.load(t1).shape[0]  # L-P-S: axial = stored axis 0
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["predict", str(run_dir), str(t1), str(tmp_path / "o2"), "--output-format", "tiff"])
+    assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# Uncertainty
+
+
+def test_tta_views_are_undone_exactly():
+    batch = np.random.default_rng(0).normal(size=(2, 3, 8, 8))
+    for k in range(MAX_PASSES):
+        assert not np.array_equal(transform(batch, k), batch) or k == 0
+        np.testing.assert_array_equal(untransform(transform(batch, k), k), batch)
+
+
+def test_tta_std_is_zero_for_an_equivariant_model_and_not_for_one_that_is_not():
+    batch = np.random.default_rng(1).uniform(-1, 1, size=(2, 3, 16, 16)).astype(np.float32)
+
+    def pointwise(x):  # commutes with flips and shifts
+        return np.tanh(2 * x[:, 1:2])
+
+    def leaning(x):  # depends on where a pixel sits
+        return np.tanh(2 * x[:, 1:2]) * np.linspace(0, 1, x.shape[-1])
+
+    assert tta_std(pointwise, batch, 8).max() < 1e-6
+    spread = tta_std(leaning, batch, 8)
+    assert spread.shape == (2, 1, 16, 16) and spread.mean() > 0.01
+    with pytest.raises(ValueError, match="between 2"):
+        tta_std(pointwise, batch, 1)
+
+
+def test_predict_writes_the_uncertainty_beside_the_output(run_dir, tmp_path):
+    t1 = save_oblique(tmp_path / "T1.nii.gz", brain_pair(seed=11)[0])
+    out = tmp_path / "T2.nii.gz"
+    written = predict_path(run_dir, t1, out, device="cpu", uncertainty=True, uncertainty_passes=4)
+    spread_file = tmp_path / "T2_uncertainty.nii.gz"
+    assert written == [out, spread_file]
+    spread, synth = nib.load(spread_file), nib.load(out)
+    assert spread.shape == synth.shape
+    np.testing.assert_allclose(spread.affine, synth.affine)
+    values = spread.get_fdata()
+    brain = nib.load(t1).get_fdata() != 0
+    assert (values >= 0).all() and (values[~brain] == 0).all()
+    assert values[brain].mean() > 1e-4  # a real network is not exactly flip- and shift-invariant
+    assert "uncertainty" in spread.header["descrip"].tobytes().decode()
+    (tmp_path / "T2b_uncertainty.nii.gz").write_bytes(b"kept")
+    with pytest.raises(DataError, match="uncertainty.nii.gz: exists"):
+        predict_path(run_dir, t1, tmp_path / "T2b.nii.gz", device="cpu", uncertainty=True)
+    assert (tmp_path / "T2b_uncertainty.nii.gz").read_bytes() == b"kept"
+    assert not (tmp_path / "T2b.nii.gz").exists()
+
+
+def test_test_command_reports_how_uncertainty_ranks_errors(run_dir, tmp_path):
+    from mri2mri.inference import evaluate_run
+
+    result = evaluate_run(run_dir, out_dir=tmp_path / "eval", device="cpu", progress=False,
+                          uncertainty_passes=4)  # fmt: skip
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    block = saved["uncertainty"]
+    assert block == result["uncertainty"] and block["passes"] == 4
+    assert set(block["per_subject"]) == set(saved["test_set"]["subjects"])
+    for entry in block["per_subject"].values():
+        assert entry["n_voxels"] > 100 and -1 <= entry["spearman"] <= 1
+    # The figures get a fifth panel: wider than the four-panel ones of a plain test.
+    from PIL import Image
+
+    plain = evaluate_run(run_dir, out_dir=tmp_path / "plain", device="cpu", progress=False)
+    assert "uncertainty" not in plain
+    with_panel = Image.open(tmp_path / "eval" / "figures" / "test_visualization_01.png").size
+    without = Image.open(tmp_path / "plain" / "figures" / "test_visualization_01.png").size
+    assert with_panel[0] > without[0] * 1.15
+
+
+# --------------------------------------------------------------------------------------------
+# BIDS
+
+
+def make_bids(root: Path) -> Path:
+    root.mkdir()
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "tiny", "BIDSVersion": "1.9.0"}))
+    for subject, session, seed in (("01", None, 20), ("02", "pre", 21), ("02", "post", 22)):
+        folder = root / f"sub-{subject}" / (f"ses-{session}" if session else "") / "anat"
+        folder.mkdir(parents=True)
+        stem = f"sub-{subject}" + (f"_ses-{session}" if session else "")
+        t1, t2 = brain_pair(seed=seed)
+        affine = np.diag([*SPACING, 1.0])
+        nib.save(nib.Nifti1Image(t1, affine), folder / f"{stem}_T1w.nii.gz")
+        nib.save(nib.Nifti1Image(t2, affine), folder / f"{stem}_T2w.nii.gz")  # not an input
+    nib.save(nib.Nifti1Image(brain_pair(seed=23)[0], np.eye(4)), root / "sub-01" / "anat" / "sub-01_ce-gadolinium_T1w.nii.gz")
+    return root
+
+
+def test_bids_names():
+    assert parse_name("sub-01_ses-2_acq-mp2rage_run-1_T1w.nii.gz") == (
+        {"sub": "01", "ses": "2", "acq": "mp2rage", "run": "1"}, "T1w", ".nii.gz")
+    assert parse_name("notes.nii") is None
+    assert output_name({"sub": "01", "ses": "2", "run": "1"}, "T2") == "sub-01_ses-2_run-1_desc-synthetic_T2w"
+    assert output_name({"sub": "01", "acq": "x"}, "T1c") == "sub-01_acq-x_ce-gadolinium_desc-synthetic_T1w"
+    assert output_name({"sub": "01"}, "FLAIR") == "sub-01_desc-synthetic_FLAIR"
+    assert output_name({"sub": "01"}, "PD") == "sub-01_desc-synthetic_PDw"
+
+
+def test_bids_dataset_in_gives_a_valid_derivative_out(run_dir, tmp_path):
+    bids = pytest.importorskip("bids")
+    root = make_bids(tmp_path / "raw")
+    out = tmp_path / "derivatives" / "mri2mri"
+    assert cli_main(["predict", str(run_dir), str(root), str(out), "--device", "cpu"]) == 0  # found as BIDS
+
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative" and description["BIDSVersion"]
+    assert description["GeneratedBy"][0]["Name"] == "mri2mri"
+    assert description["GeneratedBy"][0]["Version"] == __version__
+
+    layout = bids.BIDSLayout(str(out), validate=False, is_derivative=True)
+    found = layout.get(suffix="T2w", desc="synthetic", extension=".nii.gz")
+    assert sorted((f.entities["subject"], f.entities.get("session")) for f in found) == [
+        ("01", None), ("02", "post"), ("02", "pre")]
+    assert not layout.get(suffix="T1w")  # the ce-gadolinium T1w is not a T1 input
+    digest = file_sha256(run_dir / "checkpoints" / "tiny_best.pth")
+    for image in found:
+        sidecar = image.get_metadata()
+        (source,) = sidecar["Sources"]
+        assert source.startswith("bids:raw:")
+        relative = source.removeprefix("bids:raw:")
+        assert (root / relative).is_file() and relative.endswith("_T1w.nii.gz")
+        assert relative.split("/")[0] == f"sub-{image.entities['subject']}"
+        assert sidecar["CheckpointSHA256"] == digest
+        assert sidecar["SoftwareVersion"] == __version__ and sidecar["Model"] == "tiny_best.pth"
+        assert nib.load(image.path).shape == nib.load(root / relative).shape
+    assert description["DatasetLinks"]["raw"] == root.resolve().as_uri()
+
+
+def test_bids_refuses_existing_outputs_and_datasets_that_are_not_bids(run_dir, tmp_path):
+    root = make_bids(tmp_path / "raw")
+    out = tmp_path / "deriv"
+    written = predict_bids(run_dir, root, out, device="cpu", uncertainty=True, uncertainty_passes=2)
+    assert (out / "sub-01" / "anat" / "sub-01_desc-synthetic_T2w_uncertainty.nii.gz") in written
+    with pytest.raises(DataError, match="exists; pass --overwrite"):
+        predict_bids(run_dir, root, out, device="cpu")
+    with pytest.raises(DataError, match="not a BIDS dataset"):
+        predict_bids(run_dir, tmp_path / "deriv" / "sub-01", tmp_path / "x", device="cpu")
+    with pytest.raises(DataError, match="its own folder"):
+        predict_bids(run_dir, root, root / "sub-03", device="cpu")
+
+
+def test_uncertainty_panel_in_chinese(tmp_path):
+    from PIL import Image
+
+    from mri2mri import figures
+
+    yy, xx = np.mgrid[-1:1:32j, -1:1:32j]
+    head = (xx**2 + yy**2 < 0.8).astype(np.float32)
+    source, target = head * (0.5 + 0.3 * xx), head * (0.6 - 0.3 * xx)
+    four = figures.plot_triptych(source, target * 0.9, target, tmp_path / "four.png", mask=head, lang="zh")
+    five = figures.plot_triptych(source, target * 0.9, target, tmp_path / "five.png", mask=head, lang="zh",
+                                 uncertainty=head * 0.05 * np.abs(xx), uncertainty_passes=8)  # fmt: skip
+    assert "不确定性" in figures.t("uncertainty", "zh", passes=8)
+    assert Image.open(five).size[0] > Image.open(four).size[0] * 1.15
