@@ -22,6 +22,7 @@ import torch
 
 from mri2mri.config import ModelConfig, TrainConfig
 from mri2mri.models import GENERATORS, minimum_image_size
+from mri2mri.runtime import resolve_precision
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -46,9 +47,10 @@ def variants_to_time(args: argparse.Namespace, device: torch.device) -> list[str
 
 def default_variant(device: torch.device, compile_model: bool) -> str:
     """What ``mri2mri`` does by default on this device: bf16 + channels_last on a GPU, the
-    training defaults elsewhere (plus --compile when asked)."""
+    training defaults elsewhere, with ``--precision auto`` resolved (plus --compile when asked)."""
     defaults = TrainConfig()
-    parts = ["bf16", "cl"] if device.type == "cuda" else [defaults.precision] + (["cl"] if defaults.channels_last else [])
+    precision, _ = resolve_precision(defaults.precision, device)
+    parts = ["bf16", "cl"] if device.type == "cuda" else [precision] + (["cl"] if defaults.channels_last else [])
     if compile_model or defaults.compile:
         parts.append("compile")
     return "+".join(parts)

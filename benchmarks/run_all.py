@@ -5,9 +5,10 @@ then reads those files back and prints them. Options are passed on to the script
 them (``--device``, ``--size``); ``--quick`` runs only the scripts that have a quick mode, in
 that mode, and writes their results to a temporary folder so that full results are kept.
 
-Child processes get ``OMP_WAIT_POLICY=PASSIVE`` unless it is set: with OpenMP's default
-spin-waiting, a machine shared with other jobs makes every parallel region wait for its slowest
-thread, and a 2-core training step runs up to 4x slower than with passive waiting.
+Child processes get mri2mri's thread policy (``mri2mri.threads``: a short OpenMP spin before a
+waiting thread sleeps), as the ``mri2mri`` command applies it, unless the environment sets its
+own: with OpenMP's default long spin-waiting, a machine shared with other jobs makes every
+parallel region wait for its slowest thread.
 
     python benchmarks/run_all.py [--quick] [--device cuda] [--size 256] [--only bench_train,...]
 """
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from _common import RESULTS, format_table
+
+from mri2mri.threads import choose_thread_policy
 
 HERE = Path(__file__).resolve().parent
 
@@ -58,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         wanted = {name.removesuffix(".py") for name in args.only.split(",")}
         scripts = [s for s in scripts if s.stem in wanted]
-    environment = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    environment = dict(os.environ)
+    environment.update(choose_thread_policy(environment).chosen)  # the user's own settings win
     quick_folder = Path(tempfile.mkdtemp(prefix="mri2mri-bench-")) if args.quick else None
     outcomes = []
     for script in scripts:

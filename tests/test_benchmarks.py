@@ -1,33 +1,115 @@
-"""The training and inference benchmarks run end to end (``--quick``) and write their JSON."""
+"""The benchmarks run end to end (``--quick``) and write JSON whose numbers agree with each other.
+
+No timing is asserted (the machine may be shared): what is checked is that each summary is
+computed from the measurements it reports, that every variant asked for was timed, and that
+the contention benchmark applies mri2mri's thread policy in each measurement and leaves no
+competing process behind.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from mri2mri.threads import SPIN_COUNT
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _run(script: str, *options: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(BENCHMARKS / f"{script}.py"), "--quick", *options]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.parametrize("benchmark", ["bench_train", "bench_predict"])
 def test_benchmark_writes_json_with_the_ratio_to_the_plain_loop(benchmark, tmp_path):
     out = tmp_path / f"{benchmark}.json"
-    command = [sys.executable, str(BENCHMARKS / f"{benchmark}.py"), "--quick", "--device", "cpu",
-               "--generators", "basic,unet", "--out", str(out)]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    result = _run(benchmark, "--device", "cpu", "--generators", "basic,unet", "--variants", "fp32,fp32+cl",
+                  "--out", str(out))  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     payload = json.loads(out.read_text())
-    assert payload["machine"]["device"] == "cpu" and payload["machine"]["torch"]
+    assert payload["machine"]["device"] == "cpu" and payload["machine"]["threads"] >= 1
+    assert payload["variants"] == ["fp32", "fp32+cl"]
     assert [row["generator"] for row in payload["rows"]] == ["basic", "unet"]
     key = "images_per_s" if benchmark == "bench_train" else "slices_per_s"
-    for row in payload["rows"]:
-        assert row[key]["plain"]["median"] > 0
-        assert row[key][payload["optimised"]]["speedup"] > 0
-    if benchmark == "bench_train":
-        # The library's step saves one D forward and D's weight gradients in G's backward.
-        for row in payload["rows"]:
-            assert row["gflop"]["library_step"] < row["gflop"]["plain_step"]
+    for row, table_row in zip(payload["rows"], payload["table"], strict=True):
+        rates = row[key]
+        assert set(rates) == {"plain", "fp32", "fp32+cl"}, "every variant asked for is timed"
+        assert rates["plain"]["speedup"] == 1.0  # the baseline against itself
+        for variant, summary in rates.items():
+            assert 0 < summary["min"] <= summary["median"] <= summary["max"], variant
+        # One round in --quick: the speed-up is the ratio of the two medians.
+        ratio = rates["fp32+cl"]["median"] / rates["plain"]["median"]
+        assert rates["fp32+cl"]["speedup"] == pytest.approx(ratio, rel=0.01, abs=0.002)
+        unit = "img/s" if benchmark == "bench_train" else "slices/s"
+        assert table_row[f"fp32+cl {unit}"] == rates["fp32+cl"]["median"]
+        assert table_row["fp32+cl / plain"] == rates["fp32+cl"]["speedup"]
     assert "| generator |" in result.stdout
+
+
+def test_the_default_variant_resolves_precision_auto():
+    """`--precision auto` is the training default; the benchmarks time what it resolves to."""
+    sys.path.insert(0, str(BENCHMARKS))
+    import torch
+    from _common import default_variant
+
+    from mri2mri.runtime import cpu_has_fast_bf16
+
+    expected = "bf16" if cpu_has_fast_bf16() else "fp32"
+    assert default_variant(torch.device("cpu"), compile_model=False) == f"{expected}+cl"
+
+
+def _leftover_competitors(benchmark_pid: int) -> list[int]:
+    """Processes still running with the marker of the benchmark process ``benchmark_pid``."""
+    marker = f"competitor-of-{benchmark_pid}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:  # the process ended while we looked
+                continue
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="looks for leftover processes in /proc")
+def test_contention_benchmark_measures_alone_and_beside_busy_processes(tmp_path):
+    out = tmp_path / "bench_contention.json"
+    environment = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    command = [sys.executable, str(BENCHMARKS / "bench_contention.py"), "--quick", "--out", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-2000:]
+    assert _leftover_competitors(process.pid) == [], "every competing process is stopped"
+
+    payload = json.loads(out.read_text())
+    measurements = payload["measurements"]
+    cells = {(m["workload"], m["competitors"]) for m in measurements}
+    assert cells == {("train", 0), ("train", 1), ("predict", 0), ("predict", 1)}
+    for measurement in measurements:
+        # Each measurement ran in its own process, with the policy the mri2mri command applies.
+        assert f"GOMP_SPINCOUNT={SPIN_COUNT} (mri2mri's choice)" in measurement["policy_line"]
+        assert measurement["rate"] > 0
+    rate = {(m["workload"], m["competitors"]): m["rate"] for m in measurements}
+    for row in payload["rows"]:
+        expected = rate[row["workload"], row["competitors"]] / rate[row["workload"], 0]
+        assert row["ratio_to_alone"] == pytest.approx(expected, rel=0.01)
+        assert row["median"] == pytest.approx(rate[row["workload"], row["competitors"]], rel=0.01)
+    assert "| workload |" in stdout
+
+
+def test_run_all_picks_up_the_contention_benchmark():
+    """`make bench` runs every benchmarks/bench_*.py script, in quick mode with --out when asked."""
+    sys.path.insert(0, str(BENCHMARKS))
+    from run_all import accepted_options
+
+    script = BENCHMARKS / "bench_contention.py"
+    assert script in sorted(BENCHMARKS.glob("bench_*.py"))
+    options = accepted_options(script)
+    assert "--quick" in options and "--out" in options

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from mri2mri.config import ModelConfig
+from mri2mri.errors import ConfigError
 from mri2mri.models import GENERATORS, build_generator, minimum_image_size
 from mri2mri.runtime import Runtime
 
@@ -139,3 +140,54 @@ def test_a_bf16_channels_last_training_step_follows_the_fp32_step():
     assert not bf16.skipped
     assert bf16.loss_L1 == pytest.approx(fp32.loss_L1, rel=2e-2)
     assert bf16.loss_D == pytest.approx(fp32.loss_D, rel=5e-2)
+
+
+# --------------------------------------------------------------------------------------------
+# --precision auto
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("native", "expected"), [(False, "fp32"), (True, "bf16")])
+def test_auto_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch, native, expected):
+    import warnings
+
+    from mri2mri import runtime as runtime_module
+
+    monkeypatch.setattr(runtime_module, "cpu_has_fast_bf16", lambda: native)
+    precision, why = runtime_module.resolve_precision("auto", torch.device("cpu"))
+    assert (precision, why) == (expected, "this CPU has native bf16" if native else "this CPU emulates bf16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # auto never picks emulated bf16, so never warns about it
+        runtime = runtime_module.setup_runtime("cpu", "auto")
+    assert runtime.precision == expected
+    assert runtime.describe_precision() == f"precision auto -> {expected} ({why})"
+    assert (runtime.amp_dtype is torch.bfloat16) == native
+
+
+def test_an_explicit_precision_is_kept_and_described_as_itself(monkeypatch):
+    from mri2mri import runtime as runtime_module
+
+    monkeypatch.setattr(runtime_module, "cpu_has_fast_bf16", lambda: False)
+    assert runtime_module.resolve_precision("fp32", torch.device("cpu")) == ("fp32", "")
+    with pytest.warns(UserWarning, match="emulated"):
+        runtime = runtime_module.setup_runtime("cpu", "bf16")
+    assert runtime.precision == "bf16" and runtime.describe_precision() == "bf16"
+    with pytest.raises(ConfigError, match="fp16 needs a GPU"):
+        runtime_module.resolve_precision("fp16", torch.device("cpu"))
+    with pytest.raises(ConfigError, match="unknown precision 'fp64'.*auto"):
+        runtime_module.resolve_precision("fp64", torch.device("cpu"))
+
+
+def test_a_runtime_holds_a_resolved_precision():
+    with pytest.raises(ValueError, match="resolved precision"):
+        Runtime(device=torch.device("cpu"), precision="auto")
+
+
+def test_auto_is_the_default_of_train_and_predict():
+    from mri2mri.cli import build_parser
+    from mri2mri.config import TrainConfig
+
+    assert TrainConfig().precision == "auto"
+    parser = build_parser()
+    assert parser.parse_args(["train", "data"]).precision == "auto"
+    assert parser.parse_args(["predict", "model.pth", "in.nii", "out.nii"]).precision == "auto"

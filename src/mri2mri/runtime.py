@@ -7,6 +7,10 @@ disabled where they do not apply.
 
 Distributed training is PyTorch's own: launched by ``torchrun``, which sets ``RANK``,
 ``WORLD_SIZE`` and ``LOCAL_RANK``; NCCL on GPUs, gloo on the CPU.
+
+``--precision auto`` (the default) is resolved here: bf16 where it is native, fp32 elsewhere.
+How the CPU's threads wait is decided earlier, before torch loads, in :mod:`mri2mri.threads`
+(this module imports torch, and the OpenMP runtime reads its settings when torch loads it).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch.distributed as dist
 from mri2mri.errors import ConfigError, first_line
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -32,11 +36,22 @@ class Runtime:
     """Where and how tensors are computed in this process."""
 
     device: torch.device
-    precision: str = "fp32"
+    precision: str = "fp32"  # resolved: fp32, bf16 or fp16, never auto
     channels_last: bool = False
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    precision_reason: str = ""  # why ``--precision auto`` chose ``precision``; empty otherwise
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"Runtime needs a resolved precision (fp32, bf16, fp16), not {self.precision!r}")
+
+    def describe_precision(self) -> str:
+        """``bf16``, or ``precision auto -> fp32 (this CPU emulates bf16)`` when auto chose it."""
+        if self.precision_reason:
+            return f"precision auto -> {self.precision} ({self.precision_reason})"
+        return self.precision
 
     @property
     def distributed(self) -> bool:
@@ -92,6 +107,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def check_precision(precision: str, device: torch.device) -> str:
+    """``precision`` if it is a valid choice on ``device`` (``auto`` included), else ConfigError."""
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision == "fp16" and device.type == "cpu":
@@ -107,8 +123,34 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
+def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
+    """``(fp32|bf16|fp16, why)``: ``auto`` becomes bf16 where bf16 is native (a GPU that
+    supports it, a CPU with AVX512-BF16/AMX or Arm bf16), fp32 elsewhere, and says why; any
+    other choice is returned as it is, with an empty reason."""
+    precision = check_precision(precision, device)
+    if precision != "auto":
+        return precision, ""
+    if device.type == "cuda":
+        if gpu_has_native_bf16():
+            return "bf16", "this GPU has native bf16"
+        return "fp32", "this GPU has no native bf16"
+    if device.type == "cpu":
+        if cpu_has_fast_bf16():
+            return "bf16", "this CPU has native bf16"
+        return "fp32", "this CPU emulates bf16"
+    return "fp32", f"no bf16 autocast on {device.type}"
+
+
+def gpu_has_native_bf16() -> bool:
+    """Whether the current CUDA GPU computes bf16 in hardware (Ampere and later, recent ROCm)."""
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # torch < 2.3 has no emulation to exclude
+        return bool(torch.cuda.is_bf16_supported())
+
+
 def setup_runtime(
-    device: str = "auto", precision: str = "fp32", channels_last: bool = False
+    device: str = "auto", precision: str = "auto", channels_last: bool = False
 ) -> Runtime:
     """Resolve device and precision, and join the process group when launched by torchrun."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -125,7 +167,7 @@ def setup_runtime(
         # Processes on one machine share its cores: more threads than cores make them all crawl.
         local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
         torch.set_num_threads(max(1, _available_cores() // local_world_size))
-    precision = check_precision(precision, resolved)
+    precision, precision_reason = resolve_precision(precision, resolved)
     if precision == "bf16" and resolved.type == "cpu" and not cpu_has_fast_bf16():
         # Without AVX-512 (or Arm bf16) oneDNN has no bf16 kernels: many times slower than fp32.
         warnings.warn("bf16 on this CPU is emulated and usually much slower than fp32", stacklevel=2)
@@ -141,6 +183,7 @@ def setup_runtime(
         rank=rank,
         local_rank=local_rank,
         world_size=world_size,
+        precision_reason=precision_reason,
     )
 
 
