@@ -26,6 +26,7 @@ from mri2mri.data.io import read_volume
 from mri2mri.errors import DataError
 from mri2mri.models import build_generator
 from mri2mri.predict import ContrastWarning, ModelInfo, predict_path, predict_volume
+from mri2mri.training import residual_table
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real-mri"
 SPACING = (1.2, 1.1, 2.0)
@@ -110,6 +111,7 @@ def fit_run(root: Path, *, steps: int = 250) -> Path:
     )
     torch.manual_seed(0)
     G = build_generator(config.model)
+    G.set_table(residual_table(config, cache))  # the default: a correction over the intensity map
     rows = cache.rows("train")
     source = torch.from_numpy(np.array(cache.source[rows])) * 2 - 1
     target = torch.from_numpy(np.array(cache.target[rows])) * 2 - 1
@@ -258,7 +260,7 @@ def test_batch_folder_writes_one_output_per_input(run_dir, t1_file, tmp_path):
             "slice_synth.tif",
             "sub-14_T1_synth.nii.gz",
             "sub-15_T1_synth.nii.gz",
-            "sub-17_dicom_synth.nii.gz",
+            "sub-17_dicom_synth",  # DICOM in, DICOM series folder out
         ]
     )
     assert leftovers(tmp_path / "out") == sorted(p.name for p in written)

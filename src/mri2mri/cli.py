@@ -7,6 +7,7 @@ Nothing here trains, evaluates or reads images itself. Errors of the user's maki
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -15,8 +16,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mri2mri import __version__
-from mri2mri.config import DEFAULT_RUN_NAME, DataConfig, ModelConfig, RunConfig, TrainConfig
+from mri2mri.config import (
+    DEFAULT_RUN_NAME,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    check_int,
+)
 from mri2mri.errors import ConfigError, UserError
+from mri2mri.threads import apply_thread_policy
 
 # Defaults of `train` and `demo` (chosen by the equal-budget ablation in benchmarks/).
 DEFAULTS = RunConfig()
@@ -56,6 +65,9 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--disc-layers", type=int, default=model.disc_layers)
     group.add_argument("--disc-scales", type=int, default=model.disc_scales)
     group.add_argument("--spectral-norm", action="store_true")
+    group.add_argument("--residual", default=model.residual, choices=("intensity-map", "none"),
+                       help="intensity-map: G learns a correction to the intensity-map baseline's image "
+                            "(fitted on the training subjects); none: G makes the whole image")  # fmt: skip
 
     group = parser.add_argument_group("training")
     group.add_argument("--epochs", type=int, default=train.epochs)
@@ -74,10 +86,14 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ema", type=float, default=train.ema_decay, help="EMA decay of G's weights (0: off)")
     group.add_argument("--grad-clip", type=float, default=train.grad_clip)
     group.add_argument("--d-steps", type=int, default=train.d_steps)
-    group.add_argument("--augment", action="store_true", help="MRI-aware augmentation of training slices")
+    group.add_argument("--augment", action=argparse.BooleanOptionalAction, default=DEFAULTS.data.augment,
+                       help="MRI-aware augmentation of training slices (on by default; --no-augment turns it off)")  # fmt: skip
     group.add_argument("--seed", type=int, default=train.seed)
+    group.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                       help="start from another run's G and D weights (run folder or .pth; same networks)")  # fmt: skip
     group.add_argument("--device", default=train.device, help="auto, cpu, cuda or mps")
-    group.add_argument("--precision", default=train.precision, help="fp32, bf16 or fp16")
+    group.add_argument("--precision", default=train.precision,
+                       help="auto (bf16 on a GPU or a CPU with native bf16, else fp32), fp32, bf16 or fp16 (GPU)")  # fmt: skip
     group.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=train.channels_last,
                        help="NHWC memory format (default on: faster convolutions on CPUs and GPUs)")  # fmt: skip
     group.add_argument("--compile", action="store_true")
@@ -103,9 +119,12 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 # Named configurations: the report's two experiments and pix2pix's, for reproducing them in one
 # option. Options given explicitly on the command line win over the preset's values.
 PRESETS: dict[str, dict[str, object]] = {
-    "report-basic": {"generator": "basic", "discriminator": "basic", "base_channels": 64, "gan_loss": "bce"},
-    "report-unet": {"generator": "unet", "discriminator": "basic", "base_channels": 64, "gan_loss": "bce"},
-    "pix2pix": {"generator": "unet256", "discriminator": "patch70", "base_channels": 64, "gan_loss": "bce"},
+    "report-basic": {"generator": "basic", "discriminator": "basic", "base_channels": 64, "gan_loss": "bce",
+                     "residual": "none", "augment": False},
+    "report-unet": {"generator": "unet", "discriminator": "basic", "base_channels": 64, "gan_loss": "bce",
+                    "residual": "none", "augment": False},
+    "pix2pix": {"generator": "unet256", "discriminator": "patch70", "base_channels": 64, "gan_loss": "bce",
+                "residual": "none", "augment": False},
 }
 
 
@@ -113,7 +132,7 @@ def _apply_preset(args: argparse.Namespace) -> None:
     """Set the preset's values for every option still at its default."""
     if not args.preset:
         return
-    defaults = {**vars(DEFAULTS.model), "gan_loss": DEFAULTS.train.gan_loss}
+    defaults = {**vars(DEFAULTS.model), "gan_loss": DEFAULTS.train.gan_loss, "augment": DEFAULTS.data.augment}
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) == defaults[key]:
             setattr(args, key, value)
@@ -143,6 +162,7 @@ def _configs(args: argparse.Namespace, image_size: int) -> RunConfig:
         disc_layers=args.disc_layers,
         disc_scales=args.disc_scales,
         spectral_norm=args.spectral_norm,
+        residual=args.residual,
     )
     train = TrainConfig(
         run_name=args.run_name,
@@ -162,6 +182,7 @@ def _configs(args: argparse.Namespace, image_size: int) -> RunConfig:
         grad_clip=args.grad_clip,
         d_steps=args.d_steps,
         seed=args.seed,
+        init_from=str(args.init_from) if args.init_from else None,
         device=args.device,
         precision=args.precision,
         channels_last=args.channels_last,
@@ -212,7 +233,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from mri2mri.data.preprocess import prepare
 
     config = DataConfig(
-        source=args.source, target=args.target, image_size=args.image_size or 256,
+        source=args.source, target=args.target,
+        image_size=DEFAULTS.data.image_size if args.image_size is None else args.image_size,
         context_slices=args.context_slices, min_brain_fraction=args.min_brain_fraction,
         val_fraction=args.val_fraction, test_fraction=args.test_fraction,
         split_seed=args.split_seed, register=args.register,
@@ -242,6 +264,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
 
     run_dir = args.out
+    check_int("--checkpoint-every", args.checkpoint_every, 0)
     image_size = args.image_size
     if image_size is None:
         image_size = SliceCache(args.data).image_size[0] if is_cache(args.data) else 256
@@ -256,11 +279,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         config = _resume_config(run_dir, config, args)
     _validate_choices(config)
+    from mri2mri.data.io import check_writable_folder
     from mri2mri.data.preprocess import ensure_cache
+    from mri2mri.runfolder import RunFolder, RunLock, check_run_folder_location
 
-    cache = ensure_cache(args.data, config.data, args.cache or run_dir / "cache")  # a cache is used as is
-    result = train(config, cache, run_dir, resume=args.resume, progress=not args.quiet,
-                   checkpoint_every=args.checkpoint_every)  # fmt: skip
+    check_writable_folder(run_dir, "run folder")
+    check_run_folder_location(run_dir, args.data)
+    # Lock first: preparing data into the run folder must not touch an active run's cache.
+    with contextlib.ExitStack() as stack:
+        if _rank() == 0:
+            stack.enter_context(RunLock(RunFolder(run_dir, config.train.run_name).lock))
+        cache = ensure_cache(args.data, config.data, args.cache or run_dir / "cache")  # a cache is used as is
+        result = train(config, cache, run_dir, resume=args.resume, progress=not args.quiet,
+                       checkpoint_every=args.checkpoint_every)  # fmt: skip
     if _rank() != 0:
         return 0
     _copy_split(cache, run_dir)
@@ -295,17 +326,26 @@ def cmd_test(args: argparse.Namespace) -> int:
 
     metrics = evaluate_run(args.run, args.data, cache_dir=args.cache, out_dir=args.out,
                            lang=args.lang, device=args.device, batch_size=args.batch_size,
-                           progress=not args.quiet)  # fmt: skip
+                           progress=not args.quiet,
+                           uncertainty_passes=args.uncertainty_passes if args.uncertainty else 0)  # fmt: skip
     print(json.dumps(metrics.get("summary", {}), indent=2))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from mri2mri.bids import is_bids_dataset, predict_bids
     from mri2mri.predict import predict_path
 
-    written = predict_path(args.checkpoint, args.input, args.output, device=args.device,
-                           batch_size=args.batch_size, overwrite=args.overwrite,
-                           precision=args.precision)  # fmt: skip
+    options = dict(device=args.device, batch_size=args.batch_size, overwrite=args.overwrite,
+                   precision=args.precision, uncertainty=args.uncertainty,
+                   uncertainty_passes=args.uncertainty_passes)  # fmt: skip
+    if args.bids or is_bids_dataset(args.input):
+        if args.output_format == "dicom":
+            raise ConfigError("--output-format dicom does not apply to a BIDS dataset (BIDS is NIfTI)")
+        written = predict_bids(args.checkpoint, args.input, args.output, **options)
+    else:
+        written = predict_path(args.checkpoint, args.input, args.output,
+                               output_format=args.output_format, **options)  # fmt: skip
     for path in written:
         print(f"wrote {path}")
     return 0
@@ -345,7 +385,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     on_gpu = torch.cuda.is_available() and args.device in ("auto", "cuda")
     # Sized to finish in minutes on 2 CPU cores; full resolution where a GPU is present.
-    image_size = args.image_size or (256 if on_gpu else 128)
+    image_size = args.image_size if args.image_size is not None else (256 if on_gpu else 128)
     epochs = args.epochs or (60 if on_gpu else 30)
     args.image_size = image_size
     args.epochs = epochs
@@ -418,17 +458,39 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--cache", type=Path, default=None)
     te.add_argument("--device", default="auto")
     te.add_argument("--batch-size", type=int, default=16)
+    te.add_argument("--uncertainty", action="store_true",
+                    help="also measure how well the test-time-augmentation uncertainty ranks the errors "
+                         "(Spearman per subject in metrics.json) and draw it in the test figures")  # fmt: skip
+    te.add_argument("--uncertainty-passes", type=int, default=8, metavar="K",
+                    help="number of test-time passes for --uncertainty (default 8)")  # fmt: skip
     _add_common(te)
     te.set_defaults(func=cmd_test)
 
-    pr = sub.add_parser("predict", help="synthesise a volume (NIfTI/DICOM in, NIfTI out) or an image")
+    pr = sub.add_parser("predict", help="synthesise a volume (NIfTI/DICOM in, NIfTI/DICOM out), an image, or a BIDS dataset")
     pr.add_argument("checkpoint", type=Path, help="checkpoint (.pth), run folder, or exported .onnx")
     pr.add_argument("input", type=Path, help="NIfTI file, DICOM folder, PNG/TIFF, or a folder of them")
     pr.add_argument("output", type=Path, help="output file, or folder in batch mode")
     pr.add_argument("--device", default="auto")
-    pr.add_argument("--precision", default="fp32", help="fp32, or fp16/bf16 on a GPU")
+    pr.add_argument("--precision", default="auto",
+                    help="auto (bf16 on a GPU or a CPU with native bf16, else fp32), fp32, bf16 or fp16 (GPU)")  # fmt: skip
     pr.add_argument("--batch-size", type=int, default=16)
     pr.add_argument("--overwrite", action="store_true")
+    pr.add_argument("--output-format", default="auto", choices=("auto", "nifti", "dicom"),
+                    help="auto: a DICOM series in gives a DICOM series folder out (unless OUTPUT ends in "
+                         ".nii/.nii.gz), NIfTI in gives NIfTI out; dicom: a new MR series (one file per "
+                         "slice, marked synthetic). From a DICOM input it keeps the study, patient and "
+                         "every slice's geometry and points at the input slices (Source Image Sequence); "
+                         "from a NIfTI input the geometry comes from the affine, the study and patient "
+                         "UIDs are new and there is no Source Image Sequence")  # fmt: skip
+    pr.add_argument("--bids", action="store_true",
+                    help="INPUT is a BIDS dataset (automatic when it holds dataset_description.json): "
+                         "write a BIDS derivative dataset into OUTPUT, "
+                         "sub-XX/[ses-YY/]anat/sub-XX[_ses-YY]_desc-synthetic_<T2w...>.nii.gz + JSON sidecars")  # fmt: skip
+    pr.add_argument("--uncertainty", action="store_true",
+                    help="also write <output>_uncertainty.nii.gz: the voxelwise std over test-time passes "
+                         "(horizontal flips and 1-2 pixel shifts); volumes only")  # fmt: skip
+    pr.add_argument("--uncertainty-passes", type=int, default=8, metavar="K",
+                    help="number of test-time passes for --uncertainty (default 8)")  # fmt: skip
     pr.set_defaults(func=cmd_predict)
 
     ex = sub.add_parser("export", help="ONNX and safetensors export, with a model card")
@@ -447,6 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Before any command imports torch: the OpenMP runtime reads its settings when torch loads it.
+    apply_thread_policy()
     parser = build_parser()
     args = parser.parse_args(argv)
     if hasattr(args, "preset"):

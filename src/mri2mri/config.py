@@ -9,11 +9,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mri2mri.errors import ConfigError
+
 DEFAULT_RUN_NAME = "gan_t1_to_t2"
+# Upper bounds of options whose larger values can only be mistakes (and would exhaust memory or
+# time before failing): slices are at most this many pixels a side, with at most this many
+# context slices a side; the PatchGAN halves the image this many times at most.
+MAX_IMAGE_SIZE = 2048
+MAX_CONTEXT_SLICES = 16
+MAX_DISC_LAYERS = 10
+MAX_DISC_SCALES = 6
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
 
 @dataclass(frozen=True)
@@ -33,7 +44,30 @@ class DataConfig:
     # Robust per-volume intensity window (percentiles of brain voxels) mapped to [0, 1].
     percentiles: tuple[float, float] = (0.5, 99.5)
     register: bool = False
-    augment: bool = False
+    # On by default: on held-out real patients from another site, random intensity curves, bias,
+    # noise, gamma (source only), flips and small affine maps won the equal-step screening
+    # (benchmarks/ablation.py; README). Configurations saved before this default keep theirs.
+    augment: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError, naming the command-line option, for a value out of range."""
+        check_int("--image-size", self.image_size, 1, MAX_IMAGE_SIZE)
+        check_int("--context-slices", self.context_slices, 0, MAX_CONTEXT_SLICES)
+        check_number("--min-brain-fraction", self.min_brain_fraction, 0.0, 1.0, high_open=True)
+        check_number("--val-fraction", self.val_fraction, 0.0, 1.0, high_open=True)
+        check_number("--test-fraction", self.test_fraction, 0.0, 1.0, high_open=True)
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ConfigError(
+                f"--val-fraction {self.val_fraction} + --test-fraction {self.test_fraction} leave "
+                "no subject for training; their sum must be below 1"
+            )
+        check_int("--split-seed", self.split_seed, 0, 2**32 - 1)
+        low, high = _pair("percentiles", self.percentiles)
+        if not 0.0 <= low < high <= 100.0:
+            raise ConfigError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
 
     @property
     def in_channels(self) -> int:
@@ -61,6 +95,11 @@ class AugmentationConfig:
     noise_std: float = 0.03
     gamma_probability: float = 0.3
     log_gamma: float = 0.2
+    # Random smooth monotonic intensity curve on the source (data/intensity_curves.py): another
+    # scanner's contrast. ``curve_strength`` < 1 bounds how far each segment's slope moves from 1.
+    curve_probability: float = 0.5
+    curve_knots: int = 5
+    curve_strength: float = 0.6
 
 
 @dataclass(frozen=True)
@@ -80,6 +119,24 @@ class ModelConfig:
     disc_layers: int = 3  # n_layers of the 70x70 PatchGAN
     disc_scales: int = 2  # number of scales of the multi-scale PatchGAN
     spectral_norm: bool = False
+    # "intensity-map": G's output is a correction added to the intensity-map baseline's image of
+    # its input (models/residual.py; the table is fitted on the training subjects); "none": G
+    # makes the whole image, as in the report. Configurations saved before this option existed
+    # mean "none" (see RunConfig.from_dict).
+    residual: str = "intensity-map"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError for a number out of range (names are checked by mri2mri.models,
+        which knows the networks)."""
+        check_int("model in_channels", self.in_channels, 1, 2 * MAX_CONTEXT_SLICES + 1)
+        check_int("model out_channels", self.out_channels, 1, 16)
+        check_int("--base-channels", self.base_channels, 1, 1024)
+        check_number("--dropout", self.dropout, 0.0, 1.0, high_open=True)
+        check_int("--disc-layers", self.disc_layers, 1, MAX_DISC_LAYERS)
+        check_int("--disc-scales", self.disc_scales, 1, MAX_DISC_SCALES)
 
 
 @dataclass(frozen=True)
@@ -104,8 +161,11 @@ class TrainConfig:
     grad_clip: float = 0.0  # 0 disables gradient-norm clipping
     d_steps: int = 1  # discriminator updates per generator update
     seed: int = 0
+    # Another run's checkpoint whose G and D weights start this run (a warm start: optimisers,
+    # schedule and progress start afresh; the intensity-map table is refitted on this run's data).
+    init_from: str | None = None
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"  # bf16 where it is native (GPU, AVX512-BF16/AMX CPU), else fp32
     channels_last: bool = True  # NHWC: ~1.15x training, ~1.4x inference on a CPU (oneDNN), tensor cores on a GPU
     compile: bool = False
     num_workers: int = 0
@@ -113,6 +173,35 @@ class TrainConfig:
     max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
     max_steps_per_epoch: int | None = None
     lang: str = "en"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError, naming the command-line option, for a value out of range."""
+        check_int("--epochs", self.epochs, 1)
+        check_int("--batch-size", self.batch_size, 1)
+        # No upper bound: a huge rate is legal (it diverges, and training stops on that).
+        check_number("--lr", self.lr, 0.0, low_open=True)
+        check_number("--beta1", self.beta1, 0.0, 1.0, high_open=True)
+        check_number("beta2", self.beta2, 0.0, 1.0, high_open=True)
+        for option, value in (("--lambda-l1", self.lambda_l1), ("--lambda-ssim", self.lambda_ssim),
+                              ("--lambda-fm", self.lambda_feature_matching),
+                              ("--lambda-perceptual", self.lambda_perceptual),
+                              ("--lambda-gp", self.lambda_gp), ("--grad-clip", self.grad_clip)):  # fmt: skip
+            check_number(option, value, 0.0)
+        check_int("--lr-decay-epochs", self.lr_decay_epochs, 0)
+        check_number("--ema", self.ema_decay, 0.0, 1.0, high_open=True)
+        check_int("--d-steps", self.d_steps, 1, 100)
+        check_int("--seed", self.seed, 0, 2**32 - 1)
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown --precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        check_int("--num-workers", self.num_workers, 0, 256)
+        if self.time_budget is not None:
+            check_number("--time-budget", self.time_budget, 0.0, low_open=True)
+        check_int("--max-bad-steps", self.max_bad_steps, 1)
+        if self.max_steps_per_epoch is not None:
+            check_int("--max-steps-per-epoch", self.max_steps_per_epoch, 1)
 
 
 @dataclass(frozen=True)
@@ -123,23 +212,51 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError for any option of the run out of range (each part checks itself)."""
+        self.data.validate()
+        self.model.validate()
+        self.train.validate()
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> RunConfig:
+        # A run saved before the residual option existed trained a plain generator, and one saved
+        # before augmentation became the default did not augment unless it said so.
+        model = {"residual": "none", **payload.get("model", {})}
+        data = {"augment": False, **payload.get("data", {})}
         return cls(
-            data=_build(DataConfig, payload.get("data", {})),
-            model=_build(ModelConfig, payload.get("model", {})),
+            data=_build(DataConfig, data),
+            model=_build(ModelConfig, model),
             train=_build(TrainConfig, payload.get("train", {})),
         )
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        """Write the configuration as JSON, atomically (a crash leaves the old file or the new)."""
+        from mri2mri.data.io import atomic_write_text
+
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> RunConfig:
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        """The configuration saved in ``path``; ConfigError when it is not one."""
+        try:
+            payload = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ConfigError(f"{path}: not a readable run configuration ({error})") from None
+        if not isinstance(payload, dict) or not all(
+            isinstance(payload.get(part, {}), dict) for part in ("data", "model", "train")
+        ):
+            raise ConfigError(f"{path}: not a run configuration (expected data, model and train objects)")
+        try:
+            return cls.from_dict(payload)
+        except TypeError as error:
+            raise ConfigError(f"{path}: not a run configuration ({error})") from None
 
 
 def _build(kind: type, values: dict[str, Any]):
@@ -147,6 +264,45 @@ def _build(kind: type, values: dict[str, Any]):
     names = {f.name for f in dataclasses.fields(kind)}
     clean = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k in names}
     return kind(**clean)
+
+
+def check_int(option: str, value: Any, low: int, high: int | None = None) -> int:
+    """``value`` as an integer in [low, high]; ConfigError naming ``option`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{option} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise ConfigError(f"{option} must be {bound}, got {value}")
+    return value
+
+
+def check_number(
+    option: str,
+    value: Any,
+    low: float,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """``value`` as a finite number in the interval from low to high (each end closed unless
+    ``*_open``); ConfigError naming ``option`` otherwise (NaN and infinity included)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{option} must be a finite number, got {value!r}")
+    below = value <= low if low_open else value < low
+    above = high is not None and (value >= high if high_open else value > high)
+    if below or above:
+        left, right = "(" if low_open else "[", ")" if high_open else "]"
+        interval = f"{left}{low:g}, {high:g}{right}" if high is not None else None
+        bound = f"in {interval}" if interval else f"{'above' if low_open else 'at least'} {low:g}"
+        raise ConfigError(f"{option} must be {bound}, got {value:g}")
+    return float(value)
+
+
+def _pair(option: str, value: Any) -> tuple[float, float]:
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ConfigError(f"{option} must be two numbers, got {value!r}")
+    return (check_number(option, value[0], 0.0, 100.0), check_number(option, value[1], 0.0, 100.0))
 
 
 def replace(config: Any, **changes: Any) -> Any:

@@ -13,6 +13,7 @@ Outputs in ``out_dir``::
     predictions_preview.npz    up to 4 fixed test slices, so `compare` needs no model
     figures/test_visualization_NN.png   input | generated | real | error, per subject and position
     figures/test_grid.png               many slices in one figure
+    viewer/                    every test slice at <= 128 px for report.html's viewer (mri2mri.viewer)
 
 metrics.json::
 
@@ -29,7 +30,9 @@ metrics.json::
                                method: {metric: {"mean", "std", "n"}, "volume_psnr": float}}},
      "baselines": {"identity": {"channel"}, "intensity-map": {"fitted_on", "n_bins", "n_voxels",
                                                               "empty_bins", "table"}},
-     "beats_intensity_map": bool, "warnings": [...]}
+     "beats_intensity_map": bool, "warnings": [...],
+     "uncertainty": {"method", "passes", "spearman": {"mean", "std", "n"},   # only with
+                     "per_subject": {subject: {"spearman", "n_voxels"}}}}    # uncertainty_passes
 
 "model" is the evaluated model (named by "model_name"); "volume_psnr" entries exist only when
 the subjects are volumes (cache kind "volume"), not PNG pairs.
@@ -58,6 +61,8 @@ from mri2mri.data.cache import SliceCache, SubjectRecord
 from mri2mri.data.dataset import to_model_range, to_unit_range
 from mri2mri.errors import DataError
 from mri2mri.metrics import METRIC_NAMES, image_metrics, psnr_value, squared_error_sum
+from mri2mri.viewer import METRIC_NAMES as VIEWER_METRICS
+from mri2mri.viewer import ViewerCollector
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +163,7 @@ class _FigureSlice:
     prediction: np.ndarray
     intensity_map: np.ndarray
     mask: np.ndarray
+    uncertainty: np.ndarray | None = None  # (H, W) std over test-time passes, when asked for
 
 
 def _positions(n_slices: int, count: int) -> list[int]:
@@ -192,8 +198,14 @@ def evaluate(
     model_name: str = "model",
     exclude_subjects: Iterable[str] = (),
     progress: bool = True,
+    uncertainty_passes: int = 0,
 ) -> dict[str, Any]:
     """Score ``predict`` and the baselines on ``split`` of ``cache``; write results to ``out_dir``.
+
+    With ``uncertainty_passes`` (K >= 2) the model also runs K test-time passes per slice
+    (:mod:`mri2mri.uncertainty`) and metrics.json reports, per subject, the Spearman correlation
+    between the voxelwise uncertainty and the absolute error inside the brain: how well the
+    uncertainty ranks the errors. The test figures then get an uncertainty panel.
 
     ``predict`` receives a CPU float32 source batch (B, C, H, W) in [-1, 1] and returns
     (B, 1, H, W) in [-1, 1] on any device (the caller wraps the generator in eval mode and
@@ -216,6 +228,10 @@ def evaluate(
     # separate streams keep them independent of the batch size.
     slices_hash, targets_hash, masks_hash = hashlib.sha1(), hashlib.sha1(), hashlib.sha1()
     non_finite = 0
+    # Per subject: brain voxels' uncertainty and absolute error, for their rank correlation.
+    spreads: dict[str, list[np.ndarray]] = {r.subject: [] for r in records}
+    errors: dict[str, list[np.ndarray]] = {r.subject: [] for r in records}
+    viewer = ViewerCollector(error_vmax=figures.DEFAULT_ERROR_VMAX)  # every slice, for report.html
 
     n_batches = sum(math.ceil((r.rows[1] - r.rows[0]) / batch_size) for r in records)
     bar = tqdm(total=n_batches, desc=f"evaluate {split}", unit="batch", disable=not progress)
@@ -245,6 +261,12 @@ def evaluate(
                 "identity": identity(source64),
                 "intensity-map": intensity_map(source64),
             }
+            spread = _uncertainty(predict, source, uncertainty_passes) if uncertainty_passes else None
+            if spread is not None:
+                inside = mask_array > 0
+                spreads[record.subject].append(spread[inside])
+                error = np.abs(outputs["model"].numpy() - target_array.astype(np.float64))
+                errors[record.subject].append(error[inside])
 
             slice_indices = [record.slice_indices[r - start] for r in range(rows.start, rows.stop)]
             for slice_index in slice_indices:
@@ -252,6 +274,8 @@ def evaluate(
             for method, prediction in outputs.items():
                 values = {k: v.tolist() for k, v in image_metrics(prediction, target, mask).items()}
                 subject_scores = scores[method][record.subject]
+                if method == "model":
+                    model_values = values
                 for name in METRIC_NAMES:
                     subject_scores.values[name].extend(values[name])
                 error, voxels = squared_error_sum(prediction, target, mask)
@@ -260,6 +284,11 @@ def evaluate(
                 for i, slice_index in enumerate(slice_indices):
                     csv_rows.append([record.subject, slice_index, method, *(values[n][i] for n in METRIC_NAMES)])
 
+            shown_source = identity(source).numpy()
+            for i, slice_index in enumerate(slice_indices):
+                viewer.add(record.subject, slice_index, shown_source[i, 0], outputs["model"][i, 0].numpy(),
+                           target_array[i, 0], mask_array[i, 0],
+                           {name: model_values[name][i] for name in VIEWER_METRICS})  # fmt: skip
             for i, row in enumerate(range(rows.start, rows.stop)):
                 offset = row - start
                 if offset not in wanted and offset != preview_offset:
@@ -273,6 +302,7 @@ def evaluate(
                     # The map is fitted on brain voxels only; its background value means nothing.
                     intensity_map=(outputs["intensity-map"][i, 0] * mask[i, 0]).float().numpy(),
                     mask=mask_array[i, 0].astype(np.float32),
+                    uncertainty=None if spread is None else spread[i, 0].copy(),
                 )
                 if offset in wanted:
                     figure_slices.append(kept)
@@ -330,13 +360,48 @@ def evaluate(
         "beats_intensity_map": bool(beats),
         "warnings": warnings,
     }
+    if uncertainty_passes:
+        result["uncertainty"] = _uncertainty_summary(spreads, errors, uncertainty_passes)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_csv(out_dir / "test_metrics.csv", csv_rows)
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     _write_preview(out_dir / "predictions_preview.npz", preview_slices)
-    _write_figures(out_dir / "figures", figure_slices, names, lang)
+    _write_figures(out_dir / "figures", figure_slices, names, lang, uncertainty_passes)
+    viewer.write(out_dir / "viewer")
     return result
+
+
+def _uncertainty(predict: Predict, source: torch.Tensor, passes: int) -> np.ndarray:
+    """(B, 1, H, W) std of the model's output over ``passes`` test-time passes, unit scale."""
+    from mri2mri.uncertainty import tta_std
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return predict(torch.from_numpy(batch)).detach().to("cpu", torch.float32).numpy()
+
+    return tta_std(run, to_model_range(source).numpy(), passes)
+
+
+def _uncertainty_summary(spreads: dict[str, list[np.ndarray]], errors: dict[str, list[np.ndarray]],
+                         passes: int) -> dict[str, Any]:  # fmt: skip
+    """The "uncertainty" part of metrics.json: Spearman(uncertainty, |error|) per subject."""
+    from mri2mri.uncertainty import spearman
+
+    per_subject = {}
+    for subject, parts in spreads.items():
+        spread = np.concatenate(parts) if parts else np.zeros(0)
+        error = np.concatenate(errors[subject]) if parts else np.zeros(0)
+        per_subject[subject] = {"spearman": _json_number(spearman(spread, error)), "n_voxels": int(spread.size)}
+    return {
+        "method": "test-time augmentation: horizontal flips and 1-2 pixel shifts; "
+                  "uncertainty = voxelwise std of the outputs (unit scale)",
+        "passes": passes,
+        "correlation": "Spearman rank correlation between uncertainty and |prediction - target| "
+                       "over a subject's brain voxels",
+        "spearman": _summary(_nan(v["spearman"]) for v in per_subject.values()),
+        "per_subject": per_subject,
+    }  # fmt: skip
 
 
 def _nan(value: float | None) -> float:
@@ -403,7 +468,8 @@ def _write_preview(path: Path, kept: list[_FigureSlice]) -> None:
     )
 
 
-def _write_figures(folder: Path, kept: list[_FigureSlice], names: dict[str, str], lang: str) -> None:
+def _write_figures(folder: Path, kept: list[_FigureSlice], names: dict[str, str], lang: str,
+                   uncertainty_passes: int = 0) -> None:  # fmt: skip
     if not kept:
         return
     folder.mkdir(parents=True, exist_ok=True)
@@ -412,7 +478,7 @@ def _write_figures(folder: Path, kept: list[_FigureSlice], names: dict[str, str]
         figures.plot_triptych(
             item.source, item.prediction, item.target, folder / f"test_visualization_{number:02d}.png",
             mask=item.mask, source_name=names["source"], target_name=names["target"], title=title,
-            lang=lang,
+            lang=lang, uncertainty=item.uncertainty, uncertainty_passes=uncertainty_passes,
         )
     chosen = np.unique(np.linspace(0, len(kept) - 1, min(MAX_GRID_ROWS, len(kept))).round().astype(int))
     figures.plot_slice_grid(

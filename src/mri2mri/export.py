@@ -35,6 +35,7 @@ from torch import nn
 
 from mri2mri import __version__, modelcard
 from mri2mri.config import RunConfig
+from mri2mri.data.io import check_writable_output
 from mri2mri.errors import ConfigError, DataError
 from mri2mri.inference import load_generator
 from mri2mri.models import build_discriminator, count_parameters
@@ -78,6 +79,7 @@ def export_model(
     for path in [p for p, _ in targets] + cards:
         if path.exists() and not overwrite:
             raise DataError(f"{path}: exists; pass --overwrite to replace it")
+        check_writable_output(path)  # before the export, not after it
 
     source = find_checkpoint(Path(checkpoint), "best")
     G, config, payload = load_generator(source, "cpu")

@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from mri2mri.checkpoint import load_checkpoint
-from mri2mri.config import RunConfig
-from mri2mri.errors import DataError, UserError
+from mri2mri.checkpoint import CheckpointError, load_checkpoint
+from mri2mri.config import RunConfig, check_int
+from mri2mri.errors import DataError, UserError, first_line
 from mri2mri.models import build_generator
 from mri2mri.runfolder import find_checkpoint
 from mri2mri.runtime import Runtime, setup_runtime
@@ -23,9 +23,22 @@ Predictor = Callable[[torch.Tensor], torch.Tensor]
 def load_generator(checkpoint: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, RunConfig, dict[str, Any]]:
     """The generator of a checkpoint (its EMA weights when it has them), in eval mode."""
     payload = load_checkpoint(checkpoint, map_location="cpu")
-    config = RunConfig.from_dict(payload["config"])
+    # A valid torch file of the wrong structure (keys missing, tensors of other shapes, values
+    # out of range) is one line naming the file, not a traceback from deep inside torch.
+    if not isinstance(payload.get("config"), dict):
+        raise CheckpointError(f"{checkpoint}: not an mri2mri checkpoint (no run configuration)")
+    try:
+        config = RunConfig.from_dict(payload["config"])
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{checkpoint}: bad run configuration in the checkpoint ({first_line(error)})") from None
     G = build_generator(config.model)
-    G.load_state_dict(payload.get("ema") or payload["G"])
+    try:
+        G.load_state_dict(payload.get("ema") or payload["G"])
+    except (RuntimeError, TypeError, AttributeError) as error:
+        raise CheckpointError(
+            f"{checkpoint}: its weights do not fit its {config.model.generator!r} generator "
+            f"({first_line(error)[:200]})"
+        ) from None
     G.eval().to(device)
     return G, config, payload
 
@@ -54,8 +67,12 @@ def evaluate_run(
     device: str = "auto",
     batch_size: int = 16,
     progress: bool = True,
+    uncertainty_passes: int = 0,
 ) -> dict[str, Any]:
     """Score a run on its test split: metrics, baselines, figures and report.html.
+
+    ``uncertainty_passes`` (K >= 2) also measures how well the test-time-augmentation
+    uncertainty ranks the errors (:func:`mri2mri.evaluation.evaluate`).
 
     ``data`` may be the cache the run trained on (the default), another cache, or raw data that
     is prepared with the run's own data configuration. Subjects the run trained on are refused.
@@ -65,6 +82,14 @@ def evaluate_run(
     from mri2mri.evaluation import evaluate
     from mri2mri.report import write_run_report
 
+    if uncertainty_passes:
+        from mri2mri.uncertainty import check_passes
+
+        try:
+            check_passes(uncertainty_passes)
+        except ValueError as error:
+            raise UserError(str(error)) from None
+    check_int("--batch-size", batch_size, 1)
     run = Path(run)
     checkpoint = find_checkpoint(run, "best")
     run_dir = run if run.is_dir() else checkpoint.parent.parent
@@ -74,16 +99,40 @@ def evaluate_run(
         data = run_dir / "cache"
         if not is_cache(data):
             raise UserError(f"{run_dir}: no cache in the run folder; pass the test data explicitly")
-    cache_path = Path(data) if is_cache(data) else ensure_cache(Path(data), config.data, cache_dir or run_dir / "cache")
+    if is_cache(data):
+        cache_path = Path(data)
+    else:
+        # Other data is prepared beside the run's own cache, never over it: the run's cache is
+        # what it trained on and what `predict` takes its contrast reference from.
+        target = Path(cache_dir) if cache_dir else run_dir / "test_cache"
+        if target.resolve() == (run_dir / "cache").resolve():
+            raise UserError(f"{target}: is the run's own training cache; choose another --cache")
+        cache_path = ensure_cache(Path(data), config.data, target)
     cache = SliceCache(cache_path)
-    if cache.in_channels != config.model.in_channels:
-        raise DataError(f"{cache_path}: slices have {cache.in_channels} channels, the model expects {config.model.in_channels}")
+    check_cache_fits_model(cache, config, cache_path)
     out = Path(out_dir) if out_dir else run_dir
     result = evaluate(make_predictor(G, runtime), cache, out, split="test", lang=lang,
                       batch_size=batch_size, model_name=config.model.generator,
-                      exclude_subjects=_trained_subjects(run_dir), progress=progress)  # fmt: skip
+                      exclude_subjects=_trained_subjects(run_dir), progress=progress,
+                      uncertainty_passes=uncertainty_passes)  # fmt: skip
     write_run_report(out if out_dir else run_dir, lang=lang)
     return result
+
+
+def check_cache_fits_model(cache: Any, config: RunConfig, where: Path) -> None:
+    """Refuse a slice cache prepared with other data settings than the model's: another image
+    size or another number of input channels (context slices) gives meaningless scores."""
+    size = config.data.image_size
+    if tuple(cache.image_size) != (size, size):
+        raise DataError(
+            f"{where}: slices of {cache.image_size[0]}x{cache.image_size[1]} pixels, the model was "
+            f"trained on {size}x{size}; prepare the data with --image-size {size}"
+        )
+    if cache.in_channels != config.model.in_channels:
+        raise DataError(
+            f"{where}: slices have {cache.in_channels} input channels, the model expects "
+            f"{config.model.in_channels} (--context-slices {config.data.context_slices})"
+        )
 
 
 def _trained_subjects(run_dir: Path) -> list[str]:

@@ -50,9 +50,17 @@ from typing import Any
 import numpy as np
 
 from mri2mri import __version__, portable
-from mri2mri.config import DataConfig, RunConfig
+from mri2mri.config import DataConfig, RunConfig, check_int
 from mri2mri.data.geometry import slices_to_volume, square_to_planes
-from mri2mri.data.io import is_image_2d, is_nifti, read_image_2d, read_volume
+from mri2mri.data.io import (
+    check_writable_folder,
+    check_writable_output,
+    default_file_mode,
+    is_image_2d,
+    is_nifti,
+    read_image_2d,
+    read_volume,
+)
 from mri2mri.errors import ConfigError, DataError, UserError, first_line
 
 # (B, C, S, S) float32 in [-1, 1] -> (B, 1, S, S) float32 in [-1, 1]
@@ -99,7 +107,7 @@ class ModelInfo:
 
 
 def load_model(
-    checkpoint: Path | str, *, device: str = "auto", precision: str = "fp32"
+    checkpoint: Path | str, *, device: str = "auto", precision: str = "auto"
 ) -> tuple[Runner, ModelInfo]:
     """A runner and its :class:`ModelInfo` for a ``.pth`` checkpoint, a run folder or a ``.onnx`` file."""
     checkpoint = Path(checkpoint)
@@ -109,12 +117,12 @@ def load_model(
 
 
 def load_onnx_model(
-    path: Path, *, device: str = "auto", precision: str = "fp32"
+    path: Path, *, device: str = "auto", precision: str = "auto"
 ) -> tuple[Runner, ModelInfo]:
     """An exported model run by onnxruntime (no PyTorch needed); its metadata configures predict."""
     import onnxruntime as ort
 
-    if precision != "fp32":
+    if precision not in ("fp32", "auto"):  # auto: an ONNX model always runs in fp32
         raise ConfigError(
             f"--precision {precision} applies to PyTorch checkpoints; an ONNX model runs in fp32"
         )
@@ -143,6 +151,8 @@ def load_onnx_model(
     provenance = {key[len(META_PREFIX):]: value for key, value in meta.items()
                   if key.startswith(META_PREFIX) and key not in (META_CONFIG, META_REFERENCE)}  # fmt: skip
 
+    portable.check_finite_weights(portable.onnx_initializers(str(path)), path.name)
+
     def run(batch: np.ndarray) -> np.ndarray:
         return session.run(None, {input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
 
@@ -153,7 +163,7 @@ def load_onnx_model(
 
 
 def load_torch_model(
-    checkpoint: Path, *, device: str = "auto", precision: str = "fp32"
+    checkpoint: Path, *, device: str = "auto", precision: str = "auto"
 ) -> tuple[Runner, ModelInfo]:
     """The generator of a checkpoint (EMA weights when present) in eval mode on ``device``."""
     import torch
@@ -165,6 +175,8 @@ def load_torch_model(
     path = find_checkpoint(checkpoint, "best")
     runtime = setup_runtime(device, precision, channels_last=True)  # NHWC: faster convolutions
     G, config, payload = load_generator(path, runtime.device)
+    weights = G.state_dict().items()
+    portable.check_finite_weights(((k, v.detach().float().cpu().numpy()) for k, v in weights), path.name)
     predictor = make_predictor(G, runtime)
 
     def run(batch: np.ndarray) -> np.ndarray:
@@ -239,7 +251,9 @@ def synthesise(run: Runner, prepared: portable.PreparedInput, batch_size: int) -
     for start in range(0, rows.size, batch_size):
         chunk = rows[start : start + batch_size]
         prediction = run(prepared.slices[chunk] * 2.0 - 1.0)  # [0, 1] -> the model's [-1, 1]
-        out[chunk] = (np.asarray(prediction, dtype=np.float32)[:, :1] + 1.0) * 0.5
+        prediction = np.asarray(prediction, dtype=np.float32)[:, :1]
+        portable.check_finite_output(prediction)  # np.clip below would keep NaN as NaN
+        out[chunk] = (prediction + 1.0) * 0.5
     return np.clip(out, 0.0, 1.0, out=out)
 
 
@@ -255,25 +269,55 @@ def _warn_contrast(prepared: portable.PreparedInput, info: ModelInfo) -> None:
         warnings.warn(message, ContrastWarning, stacklevel=3)
 
 
+def synthesise_uncertainty(
+    run: Runner, prepared: portable.PreparedInput, batch_size: int, passes: int
+) -> np.ndarray:
+    """(n, 1, S, S) voxelwise std over ``passes`` test-time passes (:mod:`mri2mri.uncertainty`)."""
+    from mri2mri.uncertainty import tta_std
+
+    out = np.zeros((prepared.slices.shape[0], 1, *prepared.slices.shape[2:]), dtype=np.float32)
+    rows = np.flatnonzero(prepared.mask.reshape(prepared.mask.shape[0], -1).any(axis=1))
+    for start in range(0, rows.size, batch_size):
+        chunk = rows[start : start + batch_size]
+        out[chunk] = tta_std(run, prepared.slices[chunk] * 2.0 - 1.0, passes)
+    return out
+
+
 def predict_volume(
     run: Runner, info: ModelInfo, path: Path, *, batch_size: int = 16
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(data, affine)``: the synthetic volume on the grid of the file or DICOM folder ``path``."""
+    data, _, affine = predict_volume_maps(run, info, path, batch_size=batch_size)
+    return data, affine
+
+
+def predict_volume_maps(
+    run: Runner, info: ModelInfo, path: Path, *, batch_size: int = 16, uncertainty_passes: int = 0
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """``(data, uncertainty, affine)`` on the grid of ``path``; the voxelwise uncertainty over
+    ``uncertainty_passes`` test-time passes, or None when that is 0."""
     volume = read_volume(path)
     prepared = portable.prepare_volume(volume, info.data)
     _check_channels(prepared, info, path)
     _warn_contrast(prepared, info)
-    predicted = synthesise(run, prepared, batch_size)
-    canonical = slices_to_volume(
-        predicted, prepared.geometry, prepared.slice_indices, original=False
-    )
-    canonical *= prepared.full_mask
+    data = _on_input_grid(synthesise(run, prepared, batch_size), prepared, volume, path)
+    uncertainty = None
+    if uncertainty_passes:
+        spread = synthesise_uncertainty(run, prepared, batch_size, uncertainty_passes)
+        uncertainty = _on_input_grid(spread, prepared, volume, path)
+    return data, uncertainty, volume.original_affine
+
+
+def _on_input_grid(slices: np.ndarray, prepared: portable.PreparedInput, volume, path: Path) -> np.ndarray:
+    """Slices put back on the input file's own grid, zero outside its brain mask."""
+    canonical = slices_to_volume(slices, prepared.geometry, prepared.slice_indices, original=False)
+    canonical = portable.masked(canonical, prepared.full_mask)
     data = volume.to_original(canonical)
     if data.shape != tuple(volume.original_shape):  # a broken inverse must never be written
         raise RuntimeError(
             f"{path}: reassembled shape {data.shape} != input shape {volume.original_shape}"
         )
-    return data.astype(np.float32), volume.original_affine
+    return data.astype(np.float32)
 
 
 def predict_image(run: Runner, info: ModelInfo, path: Path, *, batch_size: int = 16) -> np.ndarray:
@@ -282,7 +326,7 @@ def predict_image(run: Runner, info: ModelInfo, path: Path, *, batch_size: int =
     _check_channels(prepared, info, path)
     _warn_contrast(prepared, info)
     predicted = synthesise(run, prepared, batch_size)
-    return square_to_planes(predicted, prepared.geometry)[0, 0] * prepared.full_mask
+    return portable.masked(square_to_planes(predicted, prepared.geometry)[0, 0], prepared.full_mask)
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,6 +338,11 @@ class Job:
     source: Path
     output: Path
     kind: str  # "volume" or "image"
+    output_format: str = "nifti"  # "nifti" (a volume's file or an image) or "dicom" (a series folder)
+    uncertainty: Path | None = None  # where the uncertainty NIfTI goes, when asked for
+
+
+OUTPUT_FORMATS = ("auto", "nifti", "dicom")
 
 
 def predict_path(
@@ -304,9 +353,18 @@ def predict_path(
     device: str = "auto",
     batch_size: int = 16,
     overwrite: bool = False,
-    precision: str = "fp32",
+    precision: str = "auto",
+    output_format: str = "auto",
+    uncertainty: bool = False,
+    uncertainty_passes: int = 8,
 ) -> list[Path]:
     """Synthesise every input and return the files written (see the module docstring).
+
+    ``output_format`` "auto" writes a DICOM series folder for a DICOM series input (unless
+    ``output`` is named ``.nii``/``.nii.gz``) and NIfTI for a NIfTI input; "dicom" writes a
+    series for every volume (see :mod:`mri2mri.data.dicom_out`). With ``uncertainty`` every
+    volume also gets ``<output>_uncertainty.nii.gz``: the voxelwise standard deviation over
+    ``uncertainty_passes`` test-time passes (:mod:`mri2mri.uncertainty`).
 
     ``source`` is a NIfTI file, a DICOM series folder, a PNG/TIFF image, or a folder of them
     (batch mode: one output each in the folder ``output``). Existing outputs are refused
@@ -314,13 +372,24 @@ def predict_path(
     never leaves a partial output. In batch mode a bad input is reported and skipped, and a
     :class:`DataError` at the end says how many failed.
     """
-    jobs = plan_jobs(Path(source), Path(output), overwrite=overwrite)
+    check_int("--batch-size", batch_size, 1)
+    if output_format not in OUTPUT_FORMATS:
+        raise ConfigError(f"unknown --output-format {output_format!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
+    if uncertainty:
+        from mri2mri.uncertainty import check_passes
+
+        try:
+            check_passes(uncertainty_passes)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+    jobs = plan_jobs(Path(source), Path(output), overwrite=overwrite, output_format=output_format,
+                     uncertainty=uncertainty)  # fmt: skip
     run, info = load_model(checkpoint, device=device, precision=precision)
     written: list[Path] = []
     failures: list[str] = []
     for job in jobs:
         try:
-            written.append(_predict_one(run, info, job, batch_size))
+            written.extend(_predict_one(run, info, job, batch_size, uncertainty_passes, overwrite))
         except DataError as error:
             if len(jobs) == 1:
                 raise
@@ -333,12 +402,48 @@ def predict_path(
     return written
 
 
-def _predict_one(run: Runner, info: ModelInfo, job: Job, batch_size: int) -> Path:
+def _predict_one(
+    run: Runner, info: ModelInfo, job: Job, batch_size: int, passes: int = 8, overwrite: bool = False
+) -> list[Path]:
     if job.kind == "image":
         image01 = predict_image(run, info, job.source, batch_size=batch_size)
-        return write_image_16bit(job.output, image01)
-    data, affine = predict_volume(run, info, job.source, batch_size=batch_size)
-    return write_synthetic_nifti(job.output, data, affine, info, source=job.source)
+        return [write_image_16bit(job.output, image01, overwrite=overwrite)]
+    data, spread, affine = predict_volume_maps(
+        run, info, job.source, batch_size=batch_size, uncertainty_passes=passes if job.uncertainty else 0
+    )
+    if job.output_format == "dicom":
+        written = [write_synthetic_dicom(job.output, data, affine, info, source=job.source, overwrite=overwrite)]
+    else:
+        written = [write_synthetic_nifti(job.output, data, affine, info, source=job.source,
+                                         overwrite=overwrite)]  # fmt: skip
+    if job.uncertainty is not None and spread is not None:
+        written.append(write_synthetic_nifti(job.uncertainty, spread, affine, info, source=job.source,
+                                             uncertainty_passes=passes))  # fmt: skip
+    return written
+
+
+def write_synthetic_dicom(
+    folder: Path, data: np.ndarray, affine: np.ndarray, info: ModelInfo, *, source: Path,
+    overwrite: bool = False,
+) -> Path:
+    """The synthetic volume as a new DICOM MR series in ``folder`` (:mod:`mri2mri.data.dicom_out`):
+    mirroring the input series slice for slice when ``source`` is a DICOM folder."""
+    from mri2mri.data.dicom_out import SeriesInfo, write_dicom_series
+
+    series = SeriesInfo(target=info.data.target, source=info.data.source,
+                        model=f"{info.name} ({info.config.model.generator}, {info.kind})",
+                        software_version=__version__)  # fmt: skip
+    return write_dicom_series(folder, data, affine, series, overwrite=overwrite,
+                              source_folder=source if Path(source).is_dir() else None)  # fmt: skip
+
+
+def uncertainty_path(output: Path) -> Path:
+    """``x_synth.nii.gz`` -> ``x_synth_uncertainty.nii.gz``; a DICOM folder ``x`` -> ``x_uncertainty.nii.gz``."""
+    name = output.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            return output.with_name(f"{name[: -len(suffix)]}_uncertainty{name[-len(suffix):]}")
+    return output.with_name(f"{name}_uncertainty.nii.gz")
 
 
 def input_kind(path: Path) -> str | None:
@@ -353,7 +458,9 @@ def input_kind(path: Path) -> str | None:
     return None
 
 
-def plan_jobs(source: Path, output: Path, *, overwrite: bool) -> list[Job]:
+def plan_jobs(
+    source: Path, output: Path, *, overwrite: bool, output_format: str = "auto", uncertainty: bool = False
+) -> list[Job]:
     """Pair every input with its output path and refuse existing outputs, before any work."""
     kind = input_kind(source)
     if kind is None:
@@ -371,20 +478,75 @@ def plan_jobs(source: Path, output: Path, *, overwrite: bool) -> list[Job]:
             raise DataError(
                 f"{output}: exists and is not a folder; batch mode writes one file per input into a folder"
             )
-        jobs = [Job(p, output / output_name(p, kinds[p]), kinds[p]) for p in items]
+        jobs = [_job(p, output / output_name(p, kinds[p], _format(p, kinds[p], None, output_format)),
+                     kinds[p], _format(p, kinds[p], None, output_format), uncertainty)
+                for p in items]  # fmt: skip
         if not jobs:
             raise DataError(f"{source}: no NIfTI, DICOM, PNG or TIFF input found")
+        _check_batch_outputs(jobs)
     else:
-        target = output / output_name(source, kind) if output.is_dir() else output
-        jobs = [Job(source, target, kind)]
+        chosen = _format(source, kind, output, output_format)
+        # A DICOM series is itself a folder: OUTPUT is the series when it is empty or one.
+        is_folder = output.is_dir() and not (chosen == "dicom" and _is_series(output))
+        target = output / output_name(source, kind, chosen) if is_folder else output
+        jobs = [_job(source, target, kind, chosen, uncertainty)]
     for job in jobs:
         _check_output(job, overwrite)
     return jobs
 
 
-def output_name(path: Path, kind: str | None) -> str:
-    """``sub-01_T1.nii.gz`` -> ``sub-01_T1_synth.nii.gz``; a DICOM folder gives ``<folder>_synth.nii.gz``."""
+def _check_batch_outputs(jobs: list[Job]) -> None:
+    """Refuse, before any work, a batch where two inputs would write one output (the first
+    result would be lost) or an output would replace one of the batch's inputs (which would
+    then be read as input after being overwritten)."""
+    inputs = {job.source.resolve(): job.source for job in jobs}
+    writers: dict[Path, Job] = {}
+    for job in jobs:
+        target = job.output.resolve()
+        if target in inputs:
+            raise DataError(
+                f"{job.output}: the output of {job.source.name} would replace the batch input "
+                f"{inputs[target].name}; choose another output folder"
+            )
+        if target in writers:
+            raise DataError(
+                f"{job.output}: both {writers[target].source.name} and {job.source.name} would "
+                "be written here; rename one of them or predict them separately"
+            )
+        writers[target] = job
+
+
+def _format(source: Path, kind: str, output: Path | None, output_format: str) -> str:
+    """The output format of one volume: DICOM in gives DICOM out unless asked otherwise."""
+    if kind != "volume" or output_format == "nifti":
+        return "nifti"
+    if output_format == "dicom":
+        return "dicom"
+    if output is not None and is_nifti(output):
+        return "nifti"  # "auto" with a NIfTI name: the user said what they want
+    return "dicom" if source.is_dir() else "nifti"
+
+
+def _is_series(folder: Path) -> bool:
+    """Whether ``folder`` is empty or holds only a series this program wrote."""
+    entries = list(folder.iterdir())
+    return all(p.is_file() and p.name.startswith("IM") and p.suffix == ".dcm" for p in entries)
+
+
+def _job(source: Path, output: Path, kind: str, output_format: str, uncertainty: bool) -> Job:
+    spread = uncertainty_path(output) if uncertainty and kind == "volume" else None
+    return Job(source, output, kind, output_format, spread)
+
+
+def output_name(path: Path, kind: str | None, output_format: str = "nifti") -> str:
+    """``sub-01_T1.nii.gz`` -> ``sub-01_T1_synth.nii.gz``; a DICOM folder gives
+    ``<folder>_synth.nii.gz``, or the series folder ``<folder>_synth`` for DICOM output."""
     name = path.name
+    if output_format == "dicom":
+        for suffix in (".nii.gz", ".nii"):
+            if name.lower().endswith(suffix):
+                return f"{name[: -len(suffix)]}_synth"
+        return f"{name}_synth"
     for suffix in (".nii.gz", ".nii", ".png", ".tiff", ".tif"):
         if name.lower().endswith(suffix):
             return f"{name[: -len(suffix)]}_synth{name[-len(suffix) :]}"
@@ -392,27 +554,43 @@ def output_name(path: Path, kind: str | None) -> str:
 
 
 def _check_output(job: Job, overwrite: bool) -> None:
-    if job.kind == "volume" and not is_nifti(job.output):
+    if job.output_format == "dicom":
+        if is_nifti(job.output) or is_image_2d(job.output):
+            raise DataError(f"{job.output}: DICOM output is a folder; give a folder name, not a file name")
+        if job.output.exists() and not job.output.is_dir():
+            raise DataError(f"{job.output}: exists and is not a folder; a DICOM series is written into a folder")
+    elif job.kind == "volume" and not is_nifti(job.output):
         raise DataError(f"{job.output}: a volume's output must be a NIfTI file (.nii or .nii.gz)")
     if job.kind == "image" and not is_image_2d(job.output):
         raise DataError(f"{job.output}: an image's output must be a .png, .tif or .tiff file")
-    if job.output.exists() and not overwrite:
+    if job.output.exists() and not overwrite and not (job.output.is_dir() and not any(job.output.iterdir())):
         raise DataError(f"{job.output}: exists; pass --overwrite to replace it")
+    if job.uncertainty is not None and job.uncertainty.exists() and not overwrite:
+        raise DataError(f"{job.uncertainty}: exists; pass --overwrite to replace it")
     if job.output.resolve() == job.source.resolve():
         raise DataError(f"{job.output}: the output would replace its own input")
+    if job.output_format == "dicom":  # a series is a folder of files
+        check_writable_folder(job.output.parent, "output", target=job.output)
+    else:
+        check_writable_output(job.output)  # now, not after the whole inference has run
 
 
 def write_synthetic_nifti(
-    path: Path, data: np.ndarray, affine: np.ndarray, info: ModelInfo, *, source: Path
+    path: Path, data: np.ndarray, affine: np.ndarray, info: ModelInfo, *, source: Path,
+    uncertainty_passes: int = 0, overwrite: bool = True,
 ) -> Path:
-    """float32 NIfTI marked synthetic (descrip, cal range, JSON provenance extension), atomically."""
+    """float32 NIfTI marked synthetic (descrip, cal range, JSON provenance extension), atomically
+    (never replacing a file that appeared meanwhile unless ``overwrite``)."""
     import nibabel as nib
 
     image = nib.Nifti1Image(
         np.asarray(data, dtype=np.float32), np.asarray(affine, dtype=np.float64)
     )
     header = image.header
-    header["descrip"] = info.description().encode("ascii")
+    header["descrip"] = (
+        f"mri2mri uncertainty (std of {uncertainty_passes} passes), synthetic {info.data.target}"
+        if uncertainty_passes else info.description()
+    )[:79].encode("ascii", "replace")
     header["cal_min"], header["cal_max"] = 0.0, 1.0
     header.set_xyzt_units("mm", "sec")
     image.set_qform(image.affine, code=1)
@@ -427,16 +605,18 @@ def write_synthetic_nifti(
         "model_format": info.kind,
         "input": str(source),
         "intensity_scale": INTENSITY_SCALE,
+        **({"map": "voxelwise standard deviation over test-time passes (flips and shifts)",
+            "passes": uncertainty_passes} if uncertainty_passes else {}),  # fmt: skip
         **{k: v for k, v in info.provenance.items() if k not in ("format",)},
     }
     header.extensions.append(
         nib.nifti1.Nifti1Extension(6, json.dumps(provenance, default=str).encode("utf-8"))
     )
     suffix = ".nii.gz" if str(path).lower().endswith(".gz") else ".nii"
-    return atomic_save(Path(path), suffix, lambda tmp: nib.save(image, tmp))
+    return atomic_save(Path(path), suffix, lambda tmp: nib.save(image, tmp), replace=overwrite)
 
 
-def write_image_16bit(path: Path, image01: np.ndarray) -> Path:
+def write_image_16bit(path: Path, image01: np.ndarray, *, overwrite: bool = True) -> Path:
     """A 16-bit grayscale PNG or TIFF of an image in [0, 1] (0..65535), atomically."""
     from PIL import Image
 
@@ -444,21 +624,33 @@ def write_image_16bit(path: Path, image01: np.ndarray) -> Path:
     path = Path(path)
     image_format = "PNG" if path.suffix.lower() == ".png" else "TIFF"
     return atomic_save(
-        path, path.suffix, lambda tmp: Image.fromarray(values).save(tmp, format=image_format)
+        path, path.suffix, lambda tmp: Image.fromarray(values).save(tmp, format=image_format),
+        replace=overwrite,
     )
 
 
-def atomic_save(path: Path, suffix: str, save: Callable[[str], Any]) -> Path:
-    """Save to a temporary file beside ``path`` and rename it into place; no partial output."""
+def atomic_save(path: Path, suffix: str, save: Callable[[str], Any], *, replace: bool = True) -> Path:
+    """Save to a temporary file beside ``path`` and rename it into place; no partial output.
+
+    With ``replace=False`` the file is linked into place only if ``path`` does not exist at that
+    moment (an atomic create-exclusive): of two runs writing one output, the second is refused
+    instead of both saying "wrote". The file gets the permissions of an ordinary write.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(handle)
     try:
         save(tmp_name)
-        os.replace(tmp_name, path)
-    except BaseException:
+        os.chmod(tmp_name, default_file_mode())  # mkstemp's 0600 is for the temporary file only
+        if replace:
+            os.replace(tmp_name, path)
+        else:
+            try:
+                os.link(tmp_name, path)
+            except FileExistsError:
+                raise DataError(f"{path}: was created by another process meanwhile; pass --overwrite to replace it") from None
+    finally:
         Path(tmp_name).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -39,14 +39,16 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from mri2mri import losses
+from mri2mri.baselines import IntensityMap
 from mri2mri.checkpoint import has_checkpoint, load_latest, save_checkpoint
 from mri2mri.config import RunConfig, replace
 from mri2mri.data.cache import SliceCache
 from mri2mri.data.dataset import Sample, SliceDataset, to_unit_range
-from mri2mri.errors import ConfigError, UserError
+from mri2mri.errors import ConfigError, UserError, first_line
 from mri2mri.models import build_discriminator, build_generator, check_image_size, count_parameters
+from mri2mri.models.residual import TABLE_BINS, TableResidual
 from mri2mri.predict import reference_from_cache
-from mri2mri.runfolder import RunFolder, RunLock
+from mri2mri.runfolder import RunFolder, RunLock, find_checkpoint
 from mri2mri.runtime import (
     Runtime,
     barrier,
@@ -132,10 +134,14 @@ class Networks:
         return self.ema.module if self.ema is not None else self.G
 
 
-def build_networks(config: RunConfig, runtime: Runtime) -> Networks:
-    """Networks, optimisers and schedulers as the configuration describes them."""
+def build_networks(config: RunConfig, runtime: Runtime, table: torch.Tensor | None = None) -> Networks:
+    """Networks, optimisers and schedulers as the configuration describes them. ``table`` is the
+    intensity-map table of a residual generator (``ModelConfig.residual``), fitted on the
+    training subjects (``train`` always passes it; without it the table is the identity map)."""
     model, train = config.model, config.train
     G = build_generator(model)
+    if isinstance(G, TableResidual) and table is not None:
+        G.set_table(table)
     D = build_discriminator(model)
     if model.norm == "batch":
         G, D = sync_batchnorm(G, runtime), sync_batchnorm(D, runtime)
@@ -471,12 +477,14 @@ def _train(
         folder.make()
     try:
         seed_everything(config.train.seed)  # same initial weights on every rank and every run
-        nets = build_networks(config, runtime)
+        nets = build_networks(config, runtime, table=residual_table(config, cache))
         state = Progress()
         if resume:
             state = _restore(folder, nets, config, runtime)
         elif runtime.is_main and folder.last.exists():
             raise UserError(f"{folder.last} exists: pass --resume to continue that run, or choose another --out")
+        elif config.train.init_from:
+            _warm_start(nets, config, Path(config.train.init_from))
         if runtime.is_main:
             config.save(folder.config)
             if not resume:
@@ -488,6 +496,42 @@ def _train(
         return result
     finally:
         lock.release()
+
+
+def residual_table(config: RunConfig, cache: SliceCache) -> torch.Tensor | None:
+    """The intensity-map table of a residual generator, fitted on the train split only (the
+    subjects the run learns from; never its validation or test subjects)."""
+    if config.model.residual != "intensity-map":
+        return None
+    table = IntensityMap.fit_cache(cache, "train", n_bins=TABLE_BINS, background_in_first_bin=True)
+    return torch.as_tensor(table.table, dtype=torch.float32)
+
+
+def _warm_start(nets: Networks, config: RunConfig, checkpoint: Path) -> None:
+    """Start from another run's G and D weights (``--init-from``): same networks required;
+    optimisers, schedule and progress start afresh, and a residual generator keeps the table
+    fitted on this run's own training subjects."""
+    payload, used = load_latest(find_checkpoint(checkpoint), map_location="cpu")
+    saved = RunConfig.from_dict(payload.get("config", {})).model
+    mine = config.model
+    differences = [
+        f"{name} {getattr(saved, name)!r} (this run: {getattr(mine, name)!r})"
+        for name in ("generator", "discriminator", "in_channels", "out_channels", "base_channels", "norm",
+                     "upsample", "disc_layers", "disc_scales", "spectral_norm", "residual")
+        if getattr(saved, name) != getattr(mine, name)
+    ]  # fmt: skip
+    if differences:
+        raise UserError(f"{used}: --init-from needs the same networks; the checkpoint has " + "; ".join(differences))
+    weights = dict(payload.get("ema") or payload["G"])
+    if isinstance(nets.G, TableResidual):
+        weights["table"] = nets.G.table.detach().clone()  # this run's own training data
+    try:
+        nets.G.load_state_dict(weights)
+        nets.D.load_state_dict(payload["D"])
+    except (RuntimeError, KeyError) as error:
+        raise UserError(f"{used}: --init-from could not load its weights ({first_line(error)})") from None
+    if nets.ema is not None:
+        nets.ema.module.load_state_dict(nets.G.state_dict())
 
 
 def _reconcile(config: RunConfig, cache: SliceCache) -> RunConfig:
@@ -670,11 +714,13 @@ def _start_line(config: RunConfig, nets: Networks, runtime: Runtime, n_slices: i
     model, train = config.model, config.train
     where = runtime.device.type + (f" x{runtime.world_size}" if runtime.world_size > 1 else "")
     if runtime.device.type == "cpu":
-        where += f", {torch.get_num_threads()} threads"
+        from mri2mri.threads import thread_policy
+
+        where += f", {torch.get_num_threads()} threads ({thread_policy().describe()})"
     line = (
         f"training {model.generator} G ({count_parameters(nets.G) / 1e6:.2f} M) + "
         f"{model.discriminator} D ({count_parameters(nets.D) / 1e6:.2f} M), {train.gan_loss}; "
-        f"{where}, {runtime.precision}{' + channels_last' if runtime.channels_last else ''}; "
+        f"{where}, {runtime.describe_precision()}{' + channels_last' if runtime.channels_last else ''}; "
         f"{n_slices} slices, batch {batch_size}, {steps_per_epoch} steps/epoch"
     )
     if runtime.device.type == "cpu" and runtime.precision == "fp32" and cpu_has_fast_bf16():

@@ -19,11 +19,13 @@ from mri2mri.models.discriminators import (
     apply_spectral_norm,
 )
 from mri2mri.models.generators import GENERATORS
+from mri2mri.models.residual import RESIDUALS, TableResidual
 
 __all__ = [
     "DISCRIMINATORS",
     "GENERATORS",
     "NORMS",
+    "RESIDUALS",
     "UPSAMPLES",
     "build_discriminator",
     "build_generator",
@@ -32,6 +34,10 @@ __all__ = [
     "count_parameters",
     "minimum_image_size",
 ]
+
+
+# The discriminator's minimum image size is searched up to this side (far beyond any scan).
+_LARGEST_SEARCHED_SIZE = 1 << 16
 
 
 def _check_common(cfg: ModelConfig) -> None:
@@ -51,6 +57,7 @@ def check_model_config(cfg: ModelConfig) -> None:
 def _check_generator_options(cfg: ModelConfig) -> None:
     check_choice("generator", cfg.generator, GENERATORS)
     check_choice("upsample", cfg.upsample, UPSAMPLES)
+    check_choice("residual", cfg.residual, RESIDUALS)
     _check_common(cfg)
     if not 0.0 <= cfg.dropout < 1.0:
         raise ConfigError(f"model dropout must be in [0, 1), got {cfg.dropout}")
@@ -66,9 +73,14 @@ def _check_discriminator_options(cfg: ModelConfig) -> None:
 
 
 def build_generator(cfg: ModelConfig) -> nn.Module:
-    """The generator named by ``cfg.generator`` (one of GENERATORS), with cfg's options."""
+    """The generator named by ``cfg.generator`` (one of GENERATORS), with cfg's options; with
+    ``cfg.residual == "intensity-map"`` it is the correction inside a ``TableResidual``, whose
+    table the caller fits (training) or loads with the weights (a checkpoint)."""
     _check_generator_options(cfg)
-    return GENERATORS[cfg.generator].from_config(cfg)
+    generator = GENERATORS[cfg.generator].from_config(cfg)
+    if cfg.residual == "intensity-map":
+        return TableResidual(generator)
+    return generator
 
 
 def build_discriminator(cfg: ModelConfig) -> ConditionalDiscriminator:
@@ -84,11 +96,30 @@ def build_discriminator(cfg: ModelConfig) -> ConditionalDiscriminator:
 def _discriminator_minimum_size(cfg: ModelConfig) -> int:
     """Smallest input side for which every scale of the discriminator yields a patch map."""
     discriminator = DISCRIMINATORS[cfg.discriminator]
-    size = 1
-    # Map sizes grow monotonically with the input size, so the first fit is the minimum.
-    while min(discriminator.patch_map_sizes(cfg, size)) < 1:
-        size += 1
-    return size
+
+    def fits(size: int) -> bool:
+        return min(discriminator.patch_map_sizes(cfg, size)) >= 1
+
+    # Map sizes grow monotonically with the input size: double until one fits, then bisect, so
+    # the search takes O(log size) steps however deep the discriminator (each layer can
+    # multiply the minimum by 4, so a linear search never ends for deep ones).
+    high = 1
+    while not fits(high):
+        if high >= _LARGEST_SEARCHED_SIZE:
+            raise ConfigError(
+                f"discriminator {cfg.discriminator!r} with {cfg.disc_layers} layers and "
+                f"{cfg.disc_scales} scales needs images larger than {_LARGEST_SEARCHED_SIZE} pixels; "
+                "use fewer --disc-layers or --disc-scales"
+            )
+        high *= 2
+    low = high // 2  # does not fit (or is 0)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if fits(middle):
+            high = middle
+        else:
+            low = middle
+    return high
 
 
 def minimum_image_size(cfg: ModelConfig) -> int:
