@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 from conftest import tiny_config
 
-from mri2mri import training
 from mri2mri.checkpoint import load_checkpoint
 from mri2mri.config import replace
 from mri2mri.data.gpu_augment import BatchAugmentation
@@ -82,8 +81,7 @@ def test_same_seed_same_result_whatever_the_number_of_processes():
             assert torch.allclose(full[rank::2], part, atol=1e-6)
 
 
-def test_training_with_device_augmentation_resumes_exactly(tiny_cache, tmp_path, monkeypatch):
-    monkeypatch.setattr(training, "_augment_on_device", lambda runtime: True)  # as on a GPU
+def test_training_with_device_augmentation_resumes_exactly(tiny_cache, tmp_path):
     config = tiny_config(epochs=2)
     config = replace(config, data=replace(config.data, augment=True))
     train(config, tiny_cache, tmp_path / "straight", progress=False)

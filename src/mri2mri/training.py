@@ -464,7 +464,7 @@ def _train(
     cache = SliceCache(cache_dir)
     config = _reconcile(config, cache)
     check_image_size(config.model, cache.image_size[0])
-    train_set = SliceDataset(cache, "train", transform=_augmentation(config, runtime))
+    train_set = SliceDataset(cache, "train")
     val_set = SliceDataset(cache, "val")
     if len(train_set) == 0:
         raise UserError(f"{cache_dir}: the train split has no slices")
@@ -542,22 +542,13 @@ def _reconcile(config: RunConfig, cache: SliceCache) -> RunConfig:
     return replace(config, model=model, data=data)
 
 
-def _augmentation(config: RunConfig, runtime: Runtime):
-    """Per-sample (TorchIO) augmentation in the data loader, unless it runs on the device."""
-    if not config.data.augment or _augment_on_device(runtime):
-        return None
-    from mri2mri.data.augment import build_augmentation
+def _device_augmentation(config: RunConfig):
+    """The batched augmentation (``data/gpu_augment.py``), run on the training device, GPU or CPU.
 
-    return build_augmentation(config.data)
-
-
-def _augment_on_device(runtime: Runtime) -> bool:
-    """On a GPU the same transforms run batched on the device: per-sample CPU work would starve it."""
-    return runtime.device.type == "cuda"
-
-
-def _device_augmentation(config: RunConfig, runtime: Runtime):
-    if not (config.data.augment and _augment_on_device(runtime)):
+    One path for every device: a run draws the same changes on a CPU and on a GPU, and no
+    per-sample TorchIO work in the data loader starves a GPU (``data/augment.py`` remains for
+    use outside training)."""
+    if not config.data.augment:
         return None
     from mri2mri.data.gpu_augment import BatchAugmentation
 
@@ -590,7 +581,7 @@ def _loop(
     sampler = EpochBatchSampler(len(train_set), batch_size, train.seed, steps_per_epoch,
                                 runtime.rank, runtime.world_size)  # fmt: skip
     loader = make_train_loader(indexed, sampler, train.num_workers, runtime)
-    device_augmentation = _device_augmentation(config, runtime)
+    device_augmentation = _device_augmentation(config)
     history: list[dict[str, Any]] = []
     bad_in_a_row = 0
     if show_progress and runtime.is_main:
