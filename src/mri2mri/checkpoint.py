@@ -17,7 +17,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 
 import torch
 
-from mri2mri.data.io import default_file_mode
+from mri2mri.data.io import atomic_write_bytes as write_bytes_atomically
 from mri2mri.errors import UserError, first_line
 
 CHECKSUM_KEY = "sha256"
@@ -61,23 +60,10 @@ def _digest(payload: Mapping[str, Any]) -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        # mkstemp makes 0600 files; the checkpoint gets what an ordinary write would give it.
-        os.chmod(tmp_name, default_file_mode())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
-    _fsync_dir(path.parent)
+    """``data.io.atomic_write_bytes`` (old file or new, never half; an ordinary write's
+    permissions), then the folder is synced too, so the rename itself survives a power cut."""
+    write_bytes_atomically(path, data)
+    _fsync_dir(Path(path).parent)
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any], *, keep_previous: bool = True) -> None:
