@@ -43,7 +43,10 @@ def tiny_cache(tmp_path: Path) -> Path:
 
 def tiny_config(**train_changes) -> RunConfig:
     """The report's networks at 32 px, CPU, few steps; dropout off for exact comparisons."""
-    train = TrainConfig(**{"epochs": 2, "batch_size": 4, "device": "cpu", "seed": 3, **train_changes})
+    # fp32: exact comparisons (DDP against one process, resume) must not depend on whether this
+    # CPU has native bf16, which `--precision auto` would pick.
+    train = TrainConfig(**{"epochs": 2, "batch_size": 4, "device": "cpu", "seed": 3, "precision": "fp32",
+                           **train_changes})
     return RunConfig(
         data=DataConfig(image_size=32, augment=False),
         model=ModelConfig(generator="unet", discriminator="basic", base_channels=8, dropout=0.0, residual="none"),

@@ -176,7 +176,7 @@ def test_predict_with_onnx_without_torch(exported, tmp_path):
     volume[4:26, 3:23, 2:10] = rng.uniform(100, 900, (22, 20, 8))
     affine = np.array([[0, 0, -2.0, 10], [0.9, 0.1, 0, -20], [0, -1.2, 0.3, 5], [0, 0, 0, 1]])
     nib.save(nib.Nifti1Image(volume, affine), tmp_path / "in.nii.gz")
-    predict_path(exported["run"], tmp_path / "in.nii.gz", tmp_path / "torch.nii.gz", device="cpu")
+    predict_path(exported["run"], tmp_path / "in.nii.gz", tmp_path / "torch.nii.gz", device="cpu", precision="fp32")
 
     script = (
         "import sys\n"

@@ -48,7 +48,8 @@ TRAIN_OPTIONS = [
     ("--precision", "fp64"),
 ]  # fmt: skip
 
-PREDICT_OPTIONS = [("--batch-size", "0"), ("--batch-size", "-3"), ("--precision", "fp8")]
+PREDICT_OPTIONS = [("--batch-size", "0"), ("--batch-size", "-3"), ("--precision", "fp8"),
+                   ("--uncertainty-passes", "1"), ("--uncertainty-passes", "-1"), ("--uncertainty-passes", "100000")]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +103,10 @@ def test_prepare_refuses_out_of_range_options(inputs, tmp_path, capsys, option, 
 @pytest.mark.parametrize(("option", "value"), PREDICT_OPTIONS)
 def test_predict_refuses_out_of_range_options(inputs, tmp_path, capsys, option, value):
     out = tmp_path / "synth.nii.gz"
-    _refused(["predict", str(inputs["checkpoint"]), str(inputs["volume"]), str(out), "--device", "cpu",
-              option, value], out, capsys)  # fmt: skip
+    passes = ["--uncertainty"] if option == "--uncertainty-passes" else []  # counted only then
+    line = _refused(["predict", str(inputs["checkpoint"]), str(inputs["volume"]), str(out), "--device", "cpu",
+                     *passes, option, value], out, capsys)  # fmt: skip
+    assert option in line
 
 
 def test_unwritable_outputs_are_refused_before_any_work(inputs, tmp_path, capsys):

@@ -174,7 +174,7 @@ def test_an_explicit_precision_is_kept_and_described_as_itself(monkeypatch):
     assert runtime.precision == "bf16" and runtime.describe_precision() == "bf16"
     with pytest.raises(ConfigError, match="fp16 needs a GPU"):
         runtime_module.resolve_precision("fp16", torch.device("cpu"))
-    with pytest.raises(ConfigError, match="unknown precision 'fp64'.*auto"):
+    with pytest.raises(ConfigError, match="unknown --precision 'fp64'.*auto"):
         runtime_module.resolve_precision("fp64", torch.device("cpu"))
 
 

@@ -10,6 +10,8 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+import torch
+from pydicom.pixels import apply_modality_lut
 from test_data_io import write_dicom_series
 from test_predict import SPACING, brain_pair, fit_run, save_oblique
 
@@ -19,7 +21,7 @@ from mri2mri.cli import main as cli_main
 from mri2mri.data.io import read_volume
 from mri2mri.errors import DataError
 from mri2mri.predict import file_sha256, predict_path
-from mri2mri.uncertainty import MAX_PASSES, transform, tta_std, untransform
+from mri2mri.uncertainty import MAX_PASSES, spearman, transform, tta_std, untransform
 
 PATIENT = {"PatientName": "DOE^JANE", "PatientID": "P-0042", "PatientBirthDate": "19700101",
            "PatientSex": "F", "StudyDate": "20240102", "AccessionNumber": "ACC7"}  # fmt: skip
@@ -110,6 +112,25 @@ def test_dicom_series_in_gives_a_synthetic_series_on_its_geometry(run_dir, dicom
     np.testing.assert_allclose(image.GetOrigin(), via_nifti.GetOrigin(), atol=1e-3)
     np.testing.assert_allclose(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(via_nifti), atol=6e-5)
 
+    # pydicom alone: unsigned 16-bit stored values that RescaleSlope/Intercept take to the unit scale.
+    normal = np.asarray(image.GetDirection()).reshape(3, 3)[:, 2]
+    along = sorted(written, key=lambda d: float(normal @ (np.asarray(d.ImagePositionPatient, float) - image.GetOrigin())))
+    stored = np.stack([d.pixel_array for d in along])  # (slices, rows, columns), SimpleITK's order
+    assert stored.dtype == np.uint16 and stored.max() > 2**12  # the 16-bit range is used
+    assert all(d.RescaleSlope == written[0].RescaleSlope and d.RescaleIntercept == written[0].RescaleIntercept for d in written)
+    unit = stored * float(written[0].RescaleSlope) + float(written[0].RescaleIntercept)
+    np.testing.assert_allclose(unit, sitk.GetArrayFromImage(via_nifti), atol=6e-5)
+    np.testing.assert_allclose(np.stack([apply_modality_lut(d.pixel_array, d) for d in along]), unit)
+
+    # SimpleITK (GDCM) sees the synthetic flags too.
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(next(out.iterdir())))
+    reader.ReadImageInformation()
+    assert reader.GetMetaData("0008|001c").strip() == "YES"  # Synthetic Data
+    assert reader.GetMetaData("0008|0008").strip() == "DERIVED\\SECONDARY"
+    assert reader.GetMetaData("0008|0060").strip() == "MR"
+    assert "synthetic T2" in reader.GetMetaData("0008|103e")
+
 
 def test_nifti_in_dicom_out_takes_its_geometry_from_the_affine(run_dir, tmp_path):
     t1 = save_oblique(tmp_path / "new_T1.nii.gz", brain_pair(seed=11)[0])  # rotated, axes reversed
@@ -182,6 +203,42 @@ def test_tta_std_is_zero_for_an_equivariant_model_and_not_for_one_that_is_not():
         tta_std(pointwise, batch, 1)
 
 
+def test_spearman_matches_a_numpy_rank_correlation():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=500)
+    y = x + rng.normal(size=500)
+    ranks = [np.argsort(np.argsort(v)).astype(float) for v in (x, y)]  # no ties in continuous data
+    assert spearman(x, y) == pytest.approx(np.corrcoef(*ranks)[0, 1], abs=1e-12)
+    assert spearman(x, np.exp(x)) == pytest.approx(1.0) and spearman(x, -x**3) == pytest.approx(-1.0)
+    assert np.isnan(spearman(np.ones(10), y[:10]))
+
+
+def test_metrics_json_correlation_is_high_when_the_error_is_where_the_passes_disagree(tmp_path):
+    """A stand-in model that is exact but for a left-right ramp: flipped passes disagree by the
+    ramp, which is also its error, so uncertainty ranks the error well."""
+    from conftest import write_tiny_cache
+
+    from mri2mri.evaluation import evaluate
+
+    slices, size = 4, 32
+    cache = write_tiny_cache(tmp_path / "cache", size=size, slices=slices,
+                             splits=("train", "val", "test", "test"))  # fmt: skip
+    ramp = torch.linspace(-0.2, 0.2, size)
+
+    def biased(source: torch.Tensor) -> torch.Tensor:  # the tiny cache's target, plus the ramp
+        unit = (source[:, :1] + 1) / 2
+        return 2 * (1 - unit) ** 2 - 1 + ramp
+
+    result = evaluate(biased, cache, tmp_path / "eval", progress=False, uncertainty_passes=8)
+    block = json.loads((tmp_path / "eval" / "metrics.json").read_text())["uncertainty"]
+    assert block == result["uncertainty"] and block["passes"] == 8
+    assert sorted(block["per_subject"]) == ["sub-02", "sub-03"]
+    for entry in block["per_subject"].values():
+        assert entry["n_voxels"] == slices * size * size  # every voxel of the all-ones mask
+        assert entry["spearman"] > 0.8
+    assert block["spearman"]["n"] == 2 and block["spearman"]["mean"] > 0.8
+
+
 def test_predict_writes_the_uncertainty_beside_the_output(run_dir, tmp_path):
     t1 = save_oblique(tmp_path / "T1.nii.gz", brain_pair(seed=11)[0])
     out = tmp_path / "T2.nii.gz"
@@ -222,6 +279,18 @@ def test_test_command_reports_how_uncertainty_ranks_errors(run_dir, tmp_path):
     with_panel = Image.open(tmp_path / "eval" / "figures" / "test_visualization_01.png").size
     without = Image.open(tmp_path / "plain" / "figures" / "test_visualization_01.png").size
     assert with_panel[0] > without[0] * 1.15
+
+
+def test_cli_test_uncertainty(run_dir, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert cli_main(["test", str(run_dir), "--out", str(out), "--device", "cpu", "--quiet",
+                     "--uncertainty", "--uncertainty-passes", "3"]) == 0  # fmt: skip
+    block = json.loads((out / "metrics.json").read_text())["uncertainty"]
+    assert block["passes"] == 3 and block["per_subject"]
+    capsys.readouterr()
+    assert cli_main(["test", str(run_dir), "--out", str(tmp_path / "e2"), "--device", "cpu", "--quiet",
+                     "--uncertainty", "--uncertainty-passes", "1"]) == 2  # fmt: skip
+    assert "between 2" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,6 +363,28 @@ def test_bids_refuses_existing_outputs_and_datasets_that_are_not_bids(run_dir, t
         predict_bids(run_dir, tmp_path / "deriv" / "sub-01", tmp_path / "x", device="cpu")
     with pytest.raises(DataError, match="its own folder"):
         predict_bids(run_dir, root, root / "sub-03", device="cpu")
+
+
+def test_cli_bids_flag_writes_the_derivative_and_refuses_a_folder_that_is_not_bids(run_dir, tmp_path, capsys):
+    bids = pytest.importorskip("bids")
+    root = make_bids(tmp_path / "raw")
+    out = tmp_path / "deriv"
+    assert cli_main(["predict", str(run_dir), str(root), str(out), "--bids", "--device", "cpu",
+                     "--uncertainty", "--uncertainty-passes", "2"]) == 0  # fmt: skip
+    layout = bids.BIDSLayout(str(out), validate=False, is_derivative=True)
+    synthetic = layout.get(desc="synthetic", suffix="T2w", extension=".nii.gz")
+    assert len(synthetic) == 3
+    for image in synthetic:
+        spread = Path(image.path.replace("_T2w.nii.gz", "_T2w_uncertainty.nii.gz"))
+        assert spread.is_file() and image.get_metadata()["UncertaintyMap"] == spread.name
+        assert nib.load(spread).shape == nib.load(image.path).shape
+    capsys.readouterr()
+    plain = tmp_path / "plain"  # NIfTI files but no dataset_description.json
+    plain.mkdir()
+    nib.save(nib.Nifti1Image(brain_pair(seed=24)[0], np.eye(4)), plain / "sub-01_T1w.nii.gz")
+    assert cli_main(["predict", str(run_dir), str(plain), str(tmp_path / "d2"), "--bids", "--device", "cpu"]) == 2
+    assert "not a BIDS dataset" in capsys.readouterr().err
+    assert not (tmp_path / "d2").exists()
 
 
 def test_uncertainty_panel_in_chinese(tmp_path):

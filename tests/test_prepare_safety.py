@@ -14,6 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+import mri2mri
 from mri2mri.data.discovery import discover_pairs
 from mri2mri.errors import DataError
 
@@ -44,7 +45,9 @@ def test_a_manifest_listing_one_scan_under_two_subjects_is_refused(tmp_path):
 def test_sigterm_during_prepare_leaves_no_temporary_folder(tmp_path):
     data = _subjects(tmp_path / "data", 40)
     out = tmp_path / "cache"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    # The child imports the same mri2mri as this test (the tree under test, not another install).
+    src = str(Path(mri2mri.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
     process = subprocess.Popen(
         [sys.executable, "-m", "mri2mri", "prepare", str(data), "--out", str(out), "--quiet",
          "--image-size", "64"],

@@ -49,6 +49,13 @@ def _run(root: Path) -> Path:
     return run
 
 
+def _trained_elsewhere(root: Path) -> Path:
+    """What the run (which has no split.json) trained on: none of the subjects scored here."""
+    split = root / "trained_split.json"
+    split.write_text('{"train": ["sub-99"]}\n')
+    return split
+
+
 def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
             for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
@@ -69,7 +76,8 @@ def test_test_on_other_data_keeps_the_runs_cache(tmp_path):
     run = _run(tmp_path)
     other = _subjects(tmp_path / "other")
     before = _snapshot(run / "cache")
-    evaluate_run(run, other, out_dir=tmp_path / "eval", device="cpu", progress=False)
+    evaluate_run(run, other, out_dir=tmp_path / "eval", device="cpu", progress=False,
+                 trained_on=_trained_elsewhere(tmp_path))  # fmt: skip
     assert _snapshot(run / "cache") == before
 
 
@@ -77,7 +85,8 @@ def test_test_refuses_a_cache_of_another_image_size(tmp_path):
     run = _run(tmp_path)
     other = write_tiny_cache(tmp_path / "big", size=64)
     with pytest.raises(DataError, match="64x64.*32x32"):
-        evaluate_run(run, other, out_dir=tmp_path / "eval", device="cpu", progress=False)
+        evaluate_run(run, other, out_dir=tmp_path / "eval", device="cpu", progress=False,
+                     trained_on=_trained_elsewhere(tmp_path))  # fmt: skip
 
 
 def test_out_may_not_be_the_data_or_a_folder_of_user_files(tmp_path, capsys):

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from conftest import write_tiny_cache
 from PIL import Image
@@ -49,6 +50,7 @@ def test_viewer_keeps_every_test_slice_small(tmp_path):
                 assert sheet.format == "JPEG" and sheet.size == (32, 32 * SLICES)
     page = (out / "report.html").read_text("utf-8")
     assert page.count('class="viewer"') == len(tested)
+    assert page.count('id="viewer"') == 1  # report.html#viewer scrolls to it
     assert "http://" not in page and "https://" not in page  # nothing fetched from the network
     blob = re.search(r'id="viewer-data">(.*?)</script>', page, re.S).group(1)
     assert len(blob) < 2 * SLICES * len(PANELS) * 1500  # 8-bit JPEG: well under 1.5 kB per 32 px slice
@@ -80,10 +82,12 @@ DRIVE_SCRIPT = """<script>
     if (!viewers.length || viewers.some(v => v.dataset.ready !== '1')) { setTimeout(drive, 50); return; }
     const root = viewers[0];
     const slider = root.querySelector('input[type=range]');
-    const generated = root.querySelectorAll('canvas')[1];
+    const canvases = Array.from(root.querySelectorAll('canvas'));
     const text = () => root.querySelector('.slice-metrics').textContent;
-    const result = {initial: root.dataset.slice, states: []};
-    const record = () => result.states.push({slice: root.dataset.slice, sum: checksum(generated), text: text()});
+    const sums = () => Object.fromEntries(canvases.map(c => [c.dataset.panel, checksum(c)]));
+    const result = {initial: root.dataset.slice, panels: canvases.map(c => c.dataset.panel), states: []};
+    const record = () => result.states.push({slice: root.dataset.slice, sums: sums(), text: text()});
+    record();
     slider.value = '0'; slider.dispatchEvent(new Event('input')); record();
     slider.value = '3'; slider.dispatchEvent(new Event('input')); record();
     root.focus();
@@ -116,8 +120,49 @@ def test_slider_and_arrow_keys_change_the_images_in_headless_chromium(tmp_path):
     out = make_tested_run(tmp_path)
     result = drive_viewer(out / "report.html", tmp_path / "profile", "?slice=2")
     assert result["initial"] == "2"  # ?slice=2 opened the viewer there
+    assert result["panels"] == list(PANELS)  # input / generated / real / error side by side
     slices = [state["slice"] for state in result["states"]]
-    sums = [state["sum"] for state in result["states"]]
-    assert slices == ["0", "3", "4"]  # slider to 0, to 3, then the right arrow key
-    assert len(set(sums)) == 3  # every move showed another generated image
-    assert all(state["text"].startswith("slice ") and "psnr_mask" in state["text"] for state in result["states"])
+    assert slices == ["2", "0", "3", "4"]  # opened at 2; slider to 0, to 3, then the right arrow key
+    for panel in PANELS:  # every move showed another image in every panel
+        sums = [state["sums"][panel] for state in result["states"]]
+        assert len(set(sums)) == len(sums), (panel, sums)
+    texts = [state["text"] for state in result["states"]]
+    assert len(set(texts)) == len(texts)  # and that slice's own metrics
+    assert all(text.startswith("slice ") and "psnr_mask" in text for text in texts)
+
+
+def test_viewer_follows_the_mouse_and_the_keyboard_over_the_devtools_protocol(tmp_path):
+    """Playwright drives Debian's Chromium over CDP with real input: a click on the slider, keys."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    browser_path = chromium()  # skips when there is none
+    out = make_tested_run(tmp_path)
+    show = """root => ({slice: root.dataset.slice,
+                       text: root.querySelector('.slice-metrics').textContent,
+                       images: Array.from(root.querySelectorAll('canvas')).map(c => c.toDataURL())})"""
+    with sync_api.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=browser_path, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            requested: list[str] = []
+            page.on("request", lambda request: requested.append(request.url))
+            page.goto((out / "report.html").as_uri())
+            page.wait_for_selector('.viewer[data-ready="1"]')
+            root = page.locator(".viewer").first
+            slider = root.locator("input[type=range]")
+            states = [root.evaluate(show)]  # opens at the middle slice
+            slider.scroll_into_view_if_needed()
+            box = slider.bounding_box()  # in the viewport, where the mouse clicks
+            page.mouse.click(box["x"] + 1, box["y"] + box["height"] / 2)  # the slider's left end
+            states.append(root.evaluate(show))
+            slider.press("End")  # the slider's own keys
+            states.append(root.evaluate(show))
+            root.focus()
+            page.keyboard.press("ArrowLeft")  # the viewer's keys
+            states.append(root.evaluate(show))
+        finally:
+            browser.close()
+    assert [state["slice"] for state in states] == [str(SLICES // 2), "0", str(SLICES - 1), str(SLICES - 2)]
+    for i, panel in enumerate(PANELS):  # every panel showed another image at every step
+        assert len({state["images"][i] for state in states}) == len(states), panel
+    assert len({state["text"] for state in states}) == len(states)
+    assert requested and all(url.startswith(("file:", "data:")) for url in requested)  # no network

@@ -6,8 +6,13 @@
   a 256-bin histogram regression fitted on the brain voxels of the training split. It is the
   best any voxel-wise intensity lookup can do in mean squared error, so a model that does not
   beat it has learnt nothing about anatomy or context.
+- ``linear-regression`` (models of several source contrasts): target = w . sources + b, a
+  per-voxel least-squares fit from every source's own slice, on the brain voxels of the training
+  split. It answers "does the model do better than a voxel-wise mix of its inputs?".
 
-Both act on images in [0, 1] and return (B, 1, H, W) in [0, 1].
+With several sources, ``identity`` and ``intensity-map`` read the first source's own slice
+(channel ``SliceCache.table_channel`` of the contrast-major layout). All act on images in
+[0, 1] and return (B, 1, H, W) in [0, 1].
 """
 
 from __future__ import annotations
@@ -24,9 +29,9 @@ from mri2mri.errors import DataError
 N_BINS = 256
 
 
-def identity(source: torch.Tensor) -> torch.Tensor:
-    """The central channel of a (B, C, H, W) source batch: (B, 1, H, W)."""
-    centre = source.shape[1] // 2
+def identity(source: torch.Tensor, channel: int | None = None) -> torch.Tensor:
+    """Channel ``channel`` (default: the central one) of a (B, C, H, W) source batch: (B, 1, H, W)."""
+    centre = source.shape[1] // 2 if channel is None else channel
     return source[:, centre : centre + 1]
 
 
@@ -43,6 +48,7 @@ class IntensityMap:
 
     table: np.ndarray  # (n_bins,) float64, every bin filled
     counts: np.ndarray  # (n_bins,) int64 training voxels per bin; 0 = interpolated bin
+    channel: int | None = None  # the source channel it reads (None: the central one)
 
     @property
     def n_bins(self) -> int:
@@ -53,7 +59,7 @@ class IntensityMap:
         return (np.arange(self.n_bins) + 0.5) / self.n_bins
 
     @classmethod
-    def from_sums(cls, sums: np.ndarray, counts: np.ndarray) -> IntensityMap:
+    def from_sums(cls, sums: np.ndarray, counts: np.ndarray, channel: int | None = None) -> IntensityMap:
         """The map from per-bin sums of target values and voxel counts; empty bins are filled by
         linear interpolation between the nearest filled bins' centres."""
         filled = counts > 0
@@ -62,20 +68,23 @@ class IntensityMap:
         centres = (np.arange(len(counts)) + 0.5) / len(counts)
         means = sums[filled] / counts[filled]
         table = np.interp(centres, centres[filled], means)
-        return cls(table=table, counts=counts.astype(np.int64))
+        return cls(table=table, counts=counts.astype(np.int64), channel=channel)
 
     @classmethod
-    def fit(cls, source: np.ndarray, target: np.ndarray, n_bins: int = N_BINS) -> IntensityMap:
-        """Fit on paired voxel values in [0, 1] (1D arrays of brain voxels)."""
+    def fit(
+        cls, source: np.ndarray, target: np.ndarray, n_bins: int = N_BINS, channel: int | None = None
+    ) -> IntensityMap:
+        """Fit on paired voxel values in [0, 1] (1D arrays of brain voxels); ``channel``: the input
+        channel the map reads when applied (None: the centre)."""
         sums, counts = _bin_sums(source, target, n_bins)
-        return cls.from_sums(sums, counts)
+        return cls.from_sums(sums, counts, channel=channel)
 
     @classmethod
     def fit_cache(
         cls, cache: SliceCache, split: str = "train", n_bins: int = N_BINS, chunk_rows: int = 64,
         *, background_in_first_bin: bool = False,
     ) -> IntensityMap:  # fmt: skip
-        """Fit on the brain voxels of every slice of ``split`` (the central source channel),
+        """Fit on the brain voxels of every slice of ``split`` (the first source's own slice),
         reading the memory-mapped cache a chunk of rows at a time.
 
         With ``background_in_first_bin``, the voxels outside the brain whose source falls in the
@@ -86,7 +95,7 @@ class IntensityMap:
         rows = cache.rows(split)
         if len(rows) == 0:
             raise DataError(f"{cache.path}: no {split} subjects to fit the intensity-map baseline on")
-        centre = cache.in_channels // 2
+        centre = cache.table_channel
         sums = np.zeros(n_bins)
         counts = np.zeros(n_bins, dtype=np.int64)
         for start in range(0, len(rows), chunk_rows):
@@ -100,11 +109,11 @@ class IntensityMap:
             chunk_sums, chunk_counts = _bin_sums(source, target, n_bins)
             sums += chunk_sums
             counts += chunk_counts
-        return cls.from_sums(sums, counts)
+        return cls.from_sums(sums, counts, channel=centre)
 
     def __call__(self, source: torch.Tensor) -> torch.Tensor:
-        """Map a (B, C, H, W) source batch in [0, 1] (central channel) to (B, 1, H, W)."""
-        values = identity(source)
+        """Map a (B, C, H, W) source batch in [0, 1] (channel ``self.channel``) to (B, 1, H, W)."""
+        values = identity(source, self.channel)
         table = torch.as_tensor(self.table, dtype=values.dtype, device=values.device)
         # Position on the axis of bin centres: centre k sits at k. Same as np.interp(x, centres, table).
         position = (values * self.n_bins - 0.5).clamp(0, self.n_bins - 1)
@@ -129,3 +138,72 @@ def _bin_sums(source: np.ndarray, target: np.ndarray, n_bins: int) -> tuple[np.n
     sums = np.bincount(bins, weights=weights, minlength=n_bins)
     counts = np.bincount(bins, minlength=n_bins)
     return sums, counts
+
+
+@dataclass(frozen=True)
+class LinearRegression:
+    """Least squares target = sum_i weights[i] * source_i + intercept over brain voxels, where
+    source_i is channel ``channels[i]`` (each source's own slice); clipped to [0, 1] when applied."""
+
+    weights: np.ndarray  # (n_sources,) float64
+    intercept: float
+    channels: tuple[int, ...]
+    n_voxels: int
+
+    @classmethod
+    def fit(cls, features: np.ndarray, target: np.ndarray, channels: tuple[int, ...]) -> LinearRegression:
+        """Fit on (n_voxels, n_sources) features and (n_voxels,) targets in [0, 1]."""
+        gram, moment, n = _normal_equations(features, target)
+        return cls._solve(gram, moment, n, channels)
+
+    @classmethod
+    def fit_cache(cls, cache: SliceCache, split: str = "train", chunk_rows: int = 64) -> LinearRegression:
+        """Fit on the brain voxels of every slice of ``split``, a chunk of rows at a time (the
+        normal equations are summed, so memory holds one chunk)."""
+        rows = cache.rows(split)
+        if len(rows) == 0:
+            raise DataError(f"{cache.path}: no {split} subjects to fit the linear-regression baseline on")
+        per_source = cache.in_channels // len(cache.sources)
+        channels = tuple(k * per_source + cache.context_slices for k in range(len(cache.sources)))
+        size = len(channels) + 1
+        gram, moment, n = np.zeros((size, size)), np.zeros(size), 0
+        for start in range(0, len(rows), chunk_rows):
+            chunk = rows[start : start + chunk_rows]
+            brain = np.asarray(cache.mask[chunk, 0]) > 0
+            source = np.asarray(cache.source[chunk])
+            features = np.stack([source[:, c][brain] for c in channels], axis=1)
+            chunk_gram, chunk_moment, chunk_n = _normal_equations(features, np.asarray(cache.target[chunk, 0])[brain])
+            gram, moment, n = gram + chunk_gram, moment + chunk_moment, n + chunk_n
+        return cls._solve(gram, moment, n, channels)
+
+    @classmethod
+    def _solve(cls, gram: np.ndarray, moment: np.ndarray, n: int, channels: tuple[int, ...]) -> LinearRegression:
+        if n == 0:
+            raise DataError("linear-regression baseline: no brain voxels to fit it on")
+        # lstsq: a source constant over the training voxels leaves the system singular.
+        solution = np.linalg.lstsq(gram, moment, rcond=None)[0]
+        return cls(weights=solution[:-1], intercept=float(solution[-1]), channels=tuple(channels), n_voxels=int(n))
+
+    def __call__(self, source: torch.Tensor) -> torch.Tensor:
+        """Map a (B, C, H, W) source batch in [0, 1] to (B, 1, H, W) in [0, 1]."""
+        out = torch.full_like(source[:, :1], self.intercept)
+        for weight, channel in zip(self.weights, self.channels, strict=True):
+            out = out + float(weight) * source[:, channel : channel + 1]
+        return out.clamp(0.0, 1.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready description, written beside the metrics so the baseline can be repeated."""
+        return {
+            "channels": list(self.channels),
+            "weights": [round(float(w), 6) for w in self.weights],
+            "intercept": round(self.intercept, 6),
+            "n_voxels": self.n_voxels,
+        }
+
+
+def _normal_equations(features: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """X^T X and X^T y of the design matrix [features, 1] (float64), and the voxel count."""
+    features = np.asarray(features, dtype=np.float64)
+    design = np.concatenate([features, np.ones((features.shape[0], 1))], axis=1)
+    target = np.asarray(target, dtype=np.float64).ravel()
+    return design.T @ design, design.T @ target, int(features.shape[0])

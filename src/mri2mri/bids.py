@@ -218,6 +218,9 @@ def predict_bids(
             raise ConfigError(str(error)) from None
     weights = model_file(Path(checkpoint))
     run, info = load_model(checkpoint, device=device, precision=precision)
+    if len(info.sources) > 1:
+        raise DataError(f"{checkpoint}: a model of several sources ({info.source_name}) does not take a BIDS "
+                        "dataset yet; give each subject folder, or --input CONTRAST=FILE for each")  # fmt: skip
     items = find_inputs(root, info.data.source, info.data.target, out)
     if not items:
         suffix, ce = suffix_of(info.data.source)

@@ -66,9 +66,24 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     _fsync_dir(Path(path).parent)
 
 
+# The networks' weights: a checkpoint never holds a NaN or an infinity in any of them.
+WEIGHT_KEYS = ("G", "D", "ema")
+
+
 def save_checkpoint(path: Path, payload: dict[str, Any], *, keep_previous: bool = True) -> None:
-    """Write ``payload`` (with its checksum) atomically; the old file becomes ``*_prev.pth``."""
+    """Write ``payload`` (with its checksum) atomically; the old file becomes ``*_prev.pth``.
+
+    Non-finite weights are refused (CheckpointError) before anything is written: a diverged
+    network must not replace the last good checkpoint, nor become the best one.
+    """
     path = Path(path)
+    for key in WEIGHT_KEYS:
+        bad = _non_finite_tensor(payload.get(key))
+        if bad is not None:
+            raise CheckpointError(
+                f"{path}: not written: {key} weight {bad} is NaN or infinite (training diverged; "
+                "learning rate too high?); the previous checkpoint is intact"
+            )
     body = dict(payload)
     body[CHECKSUM_KEY] = _digest(body)
     buffer = io.BytesIO()
@@ -82,6 +97,16 @@ def save_checkpoint(path: Path, payload: dict[str, Any], *, keep_previous: bool 
         os.link(path, tmp_link)
         os.replace(tmp_link, previous)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def _non_finite_tensor(weights: Any) -> str | None:
+    """The name of the first floating-point tensor of a state_dict holding a NaN or an infinity."""
+    if not isinstance(weights, Mapping):
+        return None
+    for name, value in weights.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return str(name)
+    return None
 
 
 def previous_path(path: Path) -> Path:

@@ -14,6 +14,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mri2mri import __version__
 from mri2mri.config import (
@@ -23,9 +24,13 @@ from mri2mri.config import (
     RunConfig,
     TrainConfig,
     check_int,
+    parse_sources,
 )
 from mri2mri.errors import ConfigError, UserError
 from mri2mri.threads import apply_thread_policy
+
+if TYPE_CHECKING:
+    from mri2mri.runfolder import RunFolder
 
 # Defaults of `train` and `demo` (chosen by the equal-budget ablation in benchmarks/).
 DEFAULTS = RunConfig()
@@ -38,7 +43,9 @@ DEFAULTS = RunConfig()
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
-    group.add_argument("--source", default=DEFAULTS.data.source, help="input contrast (T1, T2, FLAIR, T1c, PD)")
+    group.add_argument("--source", type=parse_sources, default=DEFAULTS.data.source,
+                       help="input contrast (T1, T2, FLAIR, T1c, PD), or several stacked as channels in "
+                            "the order given: T1,T1c,FLAIR")  # fmt: skip
     group.add_argument("--target", default=DEFAULTS.data.target, help="contrast to synthesise")
     group.add_argument("--image-size", type=int, default=None, help="slice size in pixels (default 256)")
     group.add_argument("--context-slices", type=int, default=DEFAULTS.data.context_slices,
@@ -76,6 +83,8 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--beta1", type=float, default=train.beta1)
     group.add_argument("--gan-loss", default=train.gan_loss, help="bce, lsgan, hinge or wgan-gp")
     group.add_argument("--lambda-l1", type=float, default=train.lambda_l1)
+    group.add_argument("--lambda-l2", type=float, default=train.lambda_l2,
+                       help="weight of the squared error (the conditional mean: what PSNR rewards)")  # fmt: skip
     group.add_argument("--lambda-ssim", type=float, default=train.lambda_ssim)
     group.add_argument("--lambda-fm", type=float, default=train.lambda_feature_matching,
                        help="weight of discriminator feature matching")  # fmt: skip
@@ -155,6 +164,7 @@ def _configs(args: argparse.Namespace, image_size: int) -> RunConfig:
         generator=args.generator,
         discriminator=args.discriminator,
         in_channels=data.in_channels,
+        table_channel=data.table_channel,
         base_channels=args.base_channels,
         norm=args.norm,
         dropout=args.dropout,
@@ -172,6 +182,7 @@ def _configs(args: argparse.Namespace, image_size: int) -> RunConfig:
         beta1=args.beta1,
         gan_loss=args.gan_loss,
         lambda_l1=args.lambda_l1,
+        lambda_l2=args.lambda_l2,
         lambda_ssim=args.lambda_ssim,
         lambda_feature_matching=args.lambda_fm,
         lambda_perceptual=args.lambda_perceptual,
@@ -290,11 +301,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         if _rank() == 0:
             stack.enter_context(RunLock(RunFolder(run_dir, config.train.run_name).lock))
         cache = ensure_cache(args.data, config.data, args.cache or run_dir / "cache")  # a cache is used as is
+        if _rank() == 0:
+            _record_split(cache, RunFolder(run_dir, config.train.run_name), args.resume)
         result = train(config, cache, run_dir, resume=args.resume, progress=not args.quiet,
                        checkpoint_every=args.checkpoint_every)  # fmt: skip
     if _rank() != 0:
         return 0
-    _copy_split(cache, run_dir)
     how = "time budget reached" if result.stopped_by_budget else "done"
     print(f"training {how}: {result.epochs_done} epochs, {result.global_step} steps, "
           f"{result.train_seconds:.1f} s of training; run folder {run_dir}")  # fmt: skip
@@ -314,11 +326,15 @@ def _resume_config(run_dir: Path, config: RunConfig, args: argparse.Namespace) -
     return replace(saved, train=train)
 
 
-def _copy_split(cache: Path, run_dir: Path) -> None:
-    """The run keeps the split it trained on, so `test` can refuse to score training subjects."""
-    source = Path(cache) / "split.json"
-    if source.is_file() and Path(run_dir).is_dir():
-        (Path(run_dir) / "split.json").write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
+def _record_split(cache: Path, folder: RunFolder, resume: bool) -> None:
+    """The run keeps the split it trains on, written before the first step (a run stopped by a
+    signal or a crash has it too), so `test` can refuse to score training subjects. A run that
+    already has checkpoints keeps its own split (a fresh start there is refused anyway)."""
+    from mri2mri.checkpoint import has_checkpoint
+    from mri2mri.runfolder import write_split
+
+    if not has_checkpoint(folder.last) or (resume and not folder.split.exists()):
+        write_split(cache, folder.root)
 
 
 def cmd_test(args: argparse.Namespace) -> int:
@@ -327,7 +343,8 @@ def cmd_test(args: argparse.Namespace) -> int:
     metrics = evaluate_run(args.run, args.data, cache_dir=args.cache, out_dir=args.out,
                            lang=args.lang, device=args.device, batch_size=args.batch_size,
                            progress=not args.quiet,
-                           uncertainty_passes=args.uncertainty_passes if args.uncertainty else 0)  # fmt: skip
+                           uncertainty_passes=args.uncertainty_passes if args.uncertainty else 0,
+                           trained_on=args.trained_on)  # fmt: skip
     print(json.dumps(metrics.get("summary", {}), indent=2))
     return 0
 
@@ -339,13 +356,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
     options = dict(device=args.device, batch_size=args.batch_size, overwrite=args.overwrite,
                    precision=args.precision, uncertainty=args.uncertainty,
                    uncertainty_passes=args.uncertainty_passes)  # fmt: skip
+    if args.contrast_inputs:  # --input CONTRAST=FILE ...: the one positional is OUTPUT
+        from mri2mri.predict import parse_inputs
+
+        given = [path for path in (args.input, args.output) if path is not None]
+        if len(given) != 1:
+            raise ConfigError("with --input CONTRAST=FILE give only OUTPUT (no INPUT)")
+        written = predict_path(args.checkpoint, None, given[0], output_format=args.output_format,
+                               inputs=parse_inputs(args.contrast_inputs), register=args.register, **options)  # fmt: skip
+        for path in written:
+            print(f"wrote {path}")
+        return 0
+    if args.input is None or args.output is None:
+        raise ConfigError("predict needs INPUT and OUTPUT (or --input CONTRAST=FILE ... and OUTPUT)")
     if args.bids or is_bids_dataset(args.input):
         if args.output_format == "dicom":
             raise ConfigError("--output-format dicom does not apply to a BIDS dataset (BIDS is NIfTI)")
         written = predict_bids(args.checkpoint, args.input, args.output, **options)
     else:
         written = predict_path(args.checkpoint, args.input, args.output,
-                               output_format=args.output_format, **options)  # fmt: skip
+                               output_format=args.output_format, register=args.register, **options)  # fmt: skip
     for path in written:
         print(f"wrote {path}")
     return 0
@@ -400,8 +430,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     run_dir = out / config.train.run_name
     print(f"[3/4] training {config.model.generator} generator + {config.model.discriminator} "
           f"discriminator for {epochs} epochs into {run_dir}")  # fmt: skip
+    from mri2mri.runfolder import RunFolder
+
+    _record_split(cache, RunFolder(run_dir, config.train.run_name), args.resume)
     train(config, cache, run_dir, resume=args.resume, progress=not args.quiet)
-    _copy_split(cache, run_dir)
     print("[4/4] testing on held-out subjects")
     metrics = evaluate_run(run_dir, cache, lang=args.lang, device=args.device, progress=not args.quiet)
     print(json.dumps(metrics.get("summary", {}), indent=2))
@@ -463,13 +495,23 @@ def build_parser() -> argparse.ArgumentParser:
                          "(Spearman per subject in metrics.json) and draw it in the test figures")  # fmt: skip
     te.add_argument("--uncertainty-passes", type=int, default=8, metavar="K",
                     help="number of test-time passes for --uncertainty (default 8)")  # fmt: skip
+    te.add_argument("--trained-on", type=Path, default=None, metavar="SPLIT",
+                    help="for a run folder without split.json: its split.json or the slice cache it trained "
+                         "on, so that DATA is checked for training subjects")  # fmt: skip
     _add_common(te)
     te.set_defaults(func=cmd_test)
 
     pr = sub.add_parser("predict", help="synthesise a volume (NIfTI/DICOM in, NIfTI/DICOM out), an image, or a BIDS dataset")
     pr.add_argument("checkpoint", type=Path, help="checkpoint (.pth), run folder, or exported .onnx")
-    pr.add_argument("input", type=Path, help="NIfTI file, DICOM folder, PNG/TIFF, or a folder of them")
-    pr.add_argument("output", type=Path, help="output file, or folder in batch mode")
+    pr.add_argument("input", type=Path, nargs="?",
+                    help="NIfTI file, DICOM folder, PNG/TIFF, or a folder of them; for a model of several "
+                         "sources a subject folder (contrasts found by name) or a folder of them")  # fmt: skip
+    pr.add_argument("output", type=Path, nargs="?", help="output file, or folder in batch mode")
+    pr.add_argument("--input", dest="contrast_inputs", action="append", default=None, metavar="CONTRAST=FILE",
+                    help="one input of a model of several sources, named by contrast (repeat: --input "
+                         "T1=t1.nii.gz --input FLAIR=flair.nii.gz); then give only OUTPUT")  # fmt: skip
+    pr.add_argument("--register", action="store_true",
+                    help="several sources: rigidly register each input to the first before resampling")  # fmt: skip
     pr.add_argument("--device", default="auto")
     pr.add_argument("--precision", default="auto",
                     help="auto (bf16 on a GPU or a CPU with native bf16, else fp32), fp32, bf16 or fp16 (GPU)")  # fmt: skip
@@ -508,11 +550,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _trailing_output(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> None:
+    """``predict CKPT --input T1=a.nii.gz ... OUTPUT``: argparse gives up on a positional after
+    options once the optional positionals were passed by, so take that one OUTPUT here; anything
+    else left over is refused as ``parse_args`` refuses it."""
+    trailing = (getattr(args, "func", None) is cmd_predict and getattr(args, "contrast_inputs", None)
+                and args.input is None and args.output is None and len(extra) == 1
+                and not extra[0].startswith("-"))  # fmt: skip
+    if not trailing:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.output = Path(extra[0])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # Before any command imports torch: the OpenMP runtime reads its settings when torch loads it.
     apply_thread_policy()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        _trailing_output(parser, args, extra)
     if hasattr(args, "preset"):
         _apply_preset(args)
     warnings.simplefilter("default")

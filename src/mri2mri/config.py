@@ -24,14 +24,23 @@ MAX_IMAGE_SIZE = 2048
 MAX_CONTEXT_SLICES = 16
 MAX_DISC_LAYERS = 10
 MAX_DISC_SCALES = 6
+# At most this many source contrasts stacked as input channels (every known contrast but the target).
+MAX_SOURCES = 4
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """How paired images become training slices."""
+    """How paired images become training slices.
 
-    source: str = "T1"
+    ``source`` is one contrast name, or a tuple of them (``--source T1,T1c,FLAIR``): several
+    source contrasts stacked as input channels in that order, contrast-major (each contrast's
+    ``2 * context_slices + 1`` channels together, its own slice in the middle of them). A single
+    name stays a plain string, so configurations saved before several sources existed load as
+    they were.
+    """
+
+    source: str | tuple[str, ...] = "T1"
     target: str = "T2"
     image_size: int = 256
     # 2.5D input: this many neighbouring slices on each side become extra input channels.
@@ -54,6 +63,7 @@ class DataConfig:
 
     def validate(self) -> None:
         """Raise ConfigError, naming the command-line option, for a value out of range."""
+        check_sources(self.source)
         check_int("--image-size", self.image_size, 1, MAX_IMAGE_SIZE)
         check_int("--context-slices", self.context_slices, 0, MAX_CONTEXT_SLICES)
         check_number("--min-brain-fraction", self.min_brain_fraction, 0.0, 1.0, high_open=True)
@@ -70,8 +80,23 @@ class DataConfig:
             raise ConfigError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
 
     @property
-    def in_channels(self) -> int:
+    def sources(self) -> tuple[str, ...]:
+        """The source contrasts in channel order (one for a single-source run)."""
+        return (self.source,) if isinstance(self.source, str) else tuple(self.source)
+
+    @property
+    def channels_per_source(self) -> int:
         return 2 * self.context_slices + 1
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.sources) * self.channels_per_source
+
+    @property
+    def table_channel(self) -> int:
+        """The input channel of the first source's own slice (the intensity-map baselines' input):
+        ``context_slices`` in the contrast-major layout, the centre channel for one source."""
+        return self.context_slices
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,6 +149,10 @@ class ModelConfig:
     # makes the whole image, as in the report. Configurations saved before this option existed
     # mean "none" (see RunConfig.from_dict).
     residual: str = "intensity-map"
+    # The input channel that the residual generator's intensity-map table reads: the first
+    # source's own slice (DataConfig.table_channel). None, in configurations saved before several
+    # sources existed, means the centre channel, which is that slice for a single source.
+    table_channel: int | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -131,7 +160,9 @@ class ModelConfig:
     def validate(self) -> None:
         """Raise ConfigError for a number out of range (names are checked by mri2mri.models,
         which knows the networks)."""
-        check_int("model in_channels", self.in_channels, 1, 2 * MAX_CONTEXT_SLICES + 1)
+        check_int("model in_channels", self.in_channels, 1, MAX_SOURCES * (2 * MAX_CONTEXT_SLICES + 1))
+        if self.table_channel is not None:
+            check_int("model table_channel", self.table_channel, 0, self.in_channels - 1)
         check_int("model out_channels", self.out_channels, 1, 16)
         check_int("--base-channels", self.base_channels, 1, 1024)
         check_number("--dropout", self.dropout, 0.0, 1.0, high_open=True)
@@ -151,6 +182,9 @@ class TrainConfig:
     beta2: float = 0.999
     gan_loss: str = "lsgan"
     lambda_l1: float = 100.0
+    # Squared error: its minimiser is the conditional mean, which is what PSNR rewards where the
+    # T1 leaves the T2 uncertain (oedema, CSF at partial volume); L1's is the median.
+    lambda_l2: float = 0.0
     lambda_ssim: float = 0.0
     lambda_feature_matching: float = 0.0
     lambda_perceptual: float = 0.0
@@ -185,7 +219,8 @@ class TrainConfig:
         check_number("--lr", self.lr, 0.0, low_open=True)
         check_number("--beta1", self.beta1, 0.0, 1.0, high_open=True)
         check_number("beta2", self.beta2, 0.0, 1.0, high_open=True)
-        for option, value in (("--lambda-l1", self.lambda_l1), ("--lambda-ssim", self.lambda_ssim),
+        for option, value in (("--lambda-l1", self.lambda_l1), ("--lambda-l2", self.lambda_l2),
+                              ("--lambda-ssim", self.lambda_ssim),
                               ("--lambda-fm", self.lambda_feature_matching),
                               ("--lambda-perceptual", self.lambda_perceptual),
                               ("--lambda-gp", self.lambda_gp), ("--grad-clip", self.grad_clip)):  # fmt: skip
@@ -264,6 +299,29 @@ def _build(kind: type, values: dict[str, Any]):
     names = {f.name for f in dataclasses.fields(kind)}
     clean = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k in names}
     return kind(**clean)
+
+
+def parse_sources(text: str) -> str | tuple[str, ...]:
+    """``--source``: ``"T1"`` stays ``"T1"``; ``"T1,T1c,FLAIR"`` is ``("T1", "T1c", "FLAIR")``."""
+    names = [name.strip() for name in str(text).split(",")]
+    return names[0] if len(names) == 1 else tuple(names)
+
+
+def check_sources(source: Any) -> tuple[str, ...]:
+    """The source contrasts of ``source`` (a name or a sequence of names); ConfigError naming
+    ``--source`` when it is empty, repeats a name or holds more than MAX_SOURCES."""
+    names = (source,) if isinstance(source, str) else source
+    if not isinstance(names, (tuple, list)) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"--source must be a contrast name or a list of them, got {source!r}")
+    if not names or any(not n.strip() for n in names):
+        raise ConfigError(f"--source needs contrast names separated by commas, got {source!r}")
+    folded = [n.strip().lower() for n in names]
+    repeated = sorted({n for n in names if folded.count(n.strip().lower()) > 1})
+    if repeated:
+        raise ConfigError(f"--source names {', '.join(repeated)} more than once")
+    if len(names) > MAX_SOURCES:
+        raise ConfigError(f"--source takes at most {MAX_SOURCES} contrasts, got {len(names)}")
+    return tuple(names)
 
 
 def check_int(option: str, value: Any, low: int, high: int | None = None) -> int:

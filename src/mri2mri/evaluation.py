@@ -56,7 +56,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mri2mri import figures
-from mri2mri.baselines import IntensityMap, identity
+from mri2mri.baselines import IntensityMap, LinearRegression, identity
 from mri2mri.data.cache import SliceCache, SubjectRecord
 from mri2mri.data.dataset import to_model_range, to_unit_range
 from mri2mri.errors import DataError
@@ -69,6 +69,8 @@ log = logging.getLogger(__name__)
 Predict = Callable[[torch.Tensor], torch.Tensor]
 
 METHODS = ("model", "identity", "intensity-map")
+# Beside those when the model reads several source contrasts (mri2mri.baselines).
+MULTI_SOURCE_METHODS = ("linear-regression",)
 CSV_COLUMNS = ("subject", "slice_index", "method", *METRIC_NAMES)
 MAX_PREVIEW_SLICES = 4
 MAX_GRID_ROWS = 8
@@ -217,10 +219,14 @@ def evaluate(
     out_dir = Path(out_dir)
     records = evaluation_subjects(cache, split, exclude_subjects)
     intensity_map = IntensityMap.fit_cache(cache, "train")
-    names = {"source": cache.meta.get("data_config", {}).get("source", "T1"),
+    several = len(cache.sources) > 1
+    methods = METHODS + (MULTI_SOURCE_METHODS if several else ())
+    regression = LinearRegression.fit_cache(cache, "train") if several else None
+    names = {"source": ",".join(cache.sources),
              "target": cache.meta.get("data_config", {}).get("target", "T2")}
+    shown = cache.table_channel  # the first source's own slice
 
-    scores = {method: {r.subject: _SubjectScores() for r in records} for method in METHODS}
+    scores = {method: {r.subject: _SubjectScores() for r in records} for method in methods}
     csv_rows: list[list[Any]] = []
     figure_slices: list[_FigureSlice] = []
     preview_slices: list[_FigureSlice] = []
@@ -258,9 +264,11 @@ def evaluate(
             source64 = source.double()
             outputs = {
                 "model": to_unit_range(generated).clamp(0.0, 1.0),
-                "identity": identity(source64),
+                "identity": identity(source64, shown),
                 "intensity-map": intensity_map(source64),
             }
+            if regression is not None:
+                outputs["linear-regression"] = regression(source64)
             spread = _uncertainty(predict, source, uncertainty_passes) if uncertainty_passes else None
             if spread is not None:
                 inside = mask_array > 0
@@ -284,7 +292,7 @@ def evaluate(
                 for i, slice_index in enumerate(slice_indices):
                     csv_rows.append([record.subject, slice_index, method, *(values[n][i] for n in METRIC_NAMES)])
 
-            shown_source = identity(source).numpy()
+            shown_source = identity(source, shown).numpy()
             for i, slice_index in enumerate(slice_indices):
                 viewer.add(record.subject, slice_index, shown_source[i, 0], outputs["model"][i, 0].numpy(),
                            target_array[i, 0], mask_array[i, 0],
@@ -296,7 +304,7 @@ def evaluate(
                 kept = _FigureSlice(
                     subject=record.subject,
                     slice_index=slice_indices[i],
-                    source=identity(source)[i, 0].numpy().copy(),
+                    source=identity(source, shown)[i, 0].numpy().copy(),
                     target=target_array[i, 0].copy(),
                     prediction=outputs["model"][i, 0].float().numpy().copy(),
                     # The map is fitted on brain voxels only; its background value means nothing.
@@ -351,11 +359,13 @@ def evaluate(
             "cache_fingerprint": cache.fingerprint,
         },
         "metric_names": list(METRIC_NAMES),
-        "methods": list(METHODS),
+        "methods": list(methods),
         **summaries,
         "baselines": {
-            "identity": {"channel": cache.in_channels // 2},
-            "intensity-map": {"fitted_on": "train", **intensity_map.to_dict()},
+            "identity": {"channel": shown},
+            "intensity-map": {"fitted_on": "train", "channel": shown, **intensity_map.to_dict()},
+            **({"linear-regression": {"fitted_on": "train", "sources": list(cache.sources),
+                                      **regression.to_dict()}} if regression is not None else {}),
         },
         "beats_intensity_map": bool(beats),
         "warnings": warnings,

@@ -117,7 +117,7 @@ def export_metadata(config: RunConfig, checkpoint: Path, payload: dict[str, Any]
         META_PREFIX + "format": "1",
         META_PREFIX + "version": __version__,
         META_CONFIG: json.dumps(config.to_dict(), sort_keys=True),
-        META_PREFIX + "source": config.data.source,
+        META_PREFIX + "source": ",".join(config.data.sources),  # several: in channel order
         META_PREFIX + "target": config.data.target,
         META_PREFIX + "generator": config.model.generator,
         META_PREFIX + "image_size": str(config.data.image_size),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -68,6 +67,7 @@ def evaluate_run(
     batch_size: int = 16,
     progress: bool = True,
     uncertainty_passes: int = 0,
+    trained_on: Path | str | None = None,
 ) -> dict[str, Any]:
     """Score a run on its test split: metrics, baselines, figures and report.html.
 
@@ -75,7 +75,9 @@ def evaluate_run(
     uncertainty ranks the errors (:func:`mri2mri.evaluation.evaluate`).
 
     ``data`` may be the cache the run trained on (the default), another cache, or raw data that
-    is prepared with the run's own data configuration. Subjects the run trained on are refused.
+    is prepared with the run's own data configuration. Subjects the run trained on are refused:
+    they are read from the run's split.json, or from ``trained_on`` (a split.json, or the slice
+    cache the run trained on) for a run that has none; other data is not scored without one.
     """
     from mri2mri.data.cache import SliceCache, is_cache
     from mri2mri.data.preprocess import ensure_cache
@@ -99,6 +101,13 @@ def evaluate_run(
         data = run_dir / "cache"
         if not is_cache(data):
             raise UserError(f"{run_dir}: no cache in the run folder; pass the test data explicitly")
+    trained = _trained_subjects(run_dir, trained_on)
+    if trained is None and not (is_cache(data) and _same_folder(data, run_dir / "cache")):
+        # The run's own cache refuses its train split by itself; other data could hold them.
+        raise UserError(
+            f"{run_dir}: no split.json, so the subjects this run trained on are unknown and {data} "
+            "may hold some of them; pass --trained-on with the run's split.json or training cache"
+        )
     if is_cache(data):
         cache_path = Path(data)
     else:
@@ -113,7 +122,7 @@ def evaluate_run(
     out = Path(out_dir) if out_dir else run_dir
     result = evaluate(make_predictor(G, runtime), cache, out, split="test", lang=lang,
                       batch_size=batch_size, model_name=config.model.generator,
-                      exclude_subjects=_trained_subjects(run_dir), progress=progress,
+                      exclude_subjects=trained or [], progress=progress,
                       uncertainty_passes=uncertainty_passes)  # fmt: skip
     write_run_report(out if out_dir else run_dir, lang=lang)
     return result
@@ -135,9 +144,19 @@ def check_cache_fits_model(cache: Any, config: RunConfig, where: Path) -> None:
         )
 
 
-def _trained_subjects(run_dir: Path) -> list[str]:
-    """The subjects of the run's own training split: a run is never scored on them."""
-    split_file = run_dir / "split.json"
+def _trained_subjects(run_dir: Path, trained_on: Path | str | None) -> list[str] | None:
+    """The subjects of the run's own training split (a run is never scored on them): from its
+    split.json, else from ``trained_on`` (a split.json or a cache folder); None when unknown."""
+    from mri2mri.runfolder import read_trained_subjects
+
+    trained = read_trained_subjects(run_dir / "split.json")
+    if trained is not None or trained_on is None:
+        return trained
+    split_file = Path(trained_on) / "split.json" if Path(trained_on).is_dir() else Path(trained_on)
     if not split_file.is_file():
-        return []
-    return list(json.loads(split_file.read_text(encoding="utf-8")).get("train", []))
+        raise UserError(f"{trained_on}: --trained-on needs a split.json or the slice cache the run trained on")
+    return read_trained_subjects(split_file)
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    return Path(a).resolve() == Path(b).resolve()

@@ -111,6 +111,7 @@ def model_card_text(
 ) -> str:
     """The card's Markdown."""
     data, model, train = config.data, config.model, config.train
+    source_name = ", ".join(data.sources)  # several sources: in channel order
     split = _split(run_dir)
     slices = _slice_counts(run_dir)
     summary = _read_json(run_dir / "run_summary.json") if run_dir else None
@@ -118,9 +119,9 @@ def model_card_text(
     metrics = _read_json(run_dir / "metrics.json") if run_dir else None
 
     lines = [
-        f"# Model card: mri2mri {data.source} -> {data.target} ({model.generator})",
+        f"# Model card: mri2mri {source_name} -> {data.target} ({model.generator})",
         "",
-        f"Synthesises a **{data.target}-weighted** image from a **{data.source}-weighted** one. "
+        f"Synthesises a **{data.target}-weighted** image from a **{source_name}-weighted** one. "
         f"Exported by mri2mri {__version__} from `{checkpoint.name}`.",
         "",
         "Files: " + ", ".join(f"`{f.name}`" for f in files) + ".",
@@ -140,7 +141,7 @@ def model_card_text(
     if slices is not None:
         lines.append("- Slices per split: " + ", ".join(f"{slices[s]} {s}" for s in SPLITS) + ".")
     lines += [
-        f"- Contrasts: source {data.source}, target {data.target}.",
+        f"- Contrasts: source {source_name}, target {data.target}.",
         f"- Axial slices resized to {data.image_size} x {data.image_size} px after cropping to the brain; "
         f"slices with at least {data.min_brain_fraction:.0%} brain were used for training.",
         f"- 2.5D context: {data.context_slices} neighbouring slice(s) on each side "
@@ -151,7 +152,7 @@ def model_card_text(
     if source_reference:
         lines.append(
             f"- Source intensity reference: histogram of {source_reference.get('n_subjects')} training subjects' "
-            f"normalised {data.source} brain voxels; `predict` warns when an input's distance to it exceeds "
+            f"normalised {source_name} brain voxels; `predict` warns when an input's distance to it exceeds "
             f"{source_reference.get('threshold')}"
             + (f" and the input lies closer to the training {data.target} histogram, or twice that far."
                if "target_histogram" in source_reference else ".")
@@ -184,16 +185,16 @@ def model_card_text(
         "## Limits: what this model must not be used for",
         "",
         "- **Not for diagnosis** or any clinical decision. The output is a plausible "
-        f"{data.target} image computed from the {data.source} image, not a measurement.",
-        f"- It cannot show what the {data.source} image does not show: lesions, oedema or "
-        f"other findings visible on a real {data.target} but not on {data.source} may be missing, "
+        f"{data.target} image computed from the {source_name} image, not a measurement.",
+        f"- It cannot show what the {source_name} image does not show: lesions, oedema or "
+        f"other findings visible on a real {data.target} but not on {source_name} may be missing, "
         "and structures may be hallucinated. Never use a synthetic image to rule a finding in or out.",
         "- Only for data like the training data: other scanners, vendors, field strengths, "
         "sequences, resolutions, ages, pathologies or populations than those above are out of "
         "distribution and can fail silently. Skull-stripped and non-stripped data differ too.",
         "- Metrics above come from a small held-out split of the same source as the training "
         "data; they do not establish performance on any other data set.",
-        f"- Inputs must be {data.source}-weighted volumes; `predict` warns when the intensity "
+        f"- Inputs must be {source_name}-weighted volumes; `predict` warns when the intensity "
         "distribution looks unlike the training source, but the check is coarse.",
         "- Quantitative use (volumetry, intensity-based segmentation, radiomics) of synthetic "
         "images has not been validated.",

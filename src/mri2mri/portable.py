@@ -15,6 +15,7 @@ prediction is compared to warn about a volume of the wrong contrast.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,20 +48,30 @@ class PreparedInput:
     full_mask: np.ndarray  # the brain mask on the input's own (canonical or image) grid
     slice_indices: np.ndarray  # (n,) axial indices of the canonical volume ([0] for an image)
     geometry: dict[str, Any]
-    norm: dict[str, float]  # {"low", "high"}: the source window mapped to [0, 1]
+    norm: dict[str, float]  # {"low", "high"}: the (first) source window mapped to [0, 1]
 
 
-def prepare_volume(volume: Volume, data_config: DataConfig) -> PreparedInput:
+def prepare_volume(
+    volume: Volume, data_config: DataConfig, others: Sequence[tuple[np.ndarray, str]] = ()
+) -> PreparedInput:
     """Every axial slice of a source volume, masked, normalised and sliced as training did
-    (:func:`mri2mri.data.preprocess.prepare_subject`), for :func:`~mri2mri.data.geometry.slices_to_volume`."""
+    (:func:`mri2mri.data.preprocess.prepare_subject`), for :func:`~mri2mri.data.geometry.slices_to_volume`.
+
+    ``others`` are the further sources of a model of several, in its order, each ``(data, where)``
+    already on ``volume``'s canonical grid: each is normalised on its own (inside ``volume``'s
+    brain mask) and its slices stacked after the previous source's (contrast-major)."""
     check_not_constant(volume)
     mask = brain_mask(volume.data)
     data01, low, high = normalise(volume.data, mask, data_config.percentiles, where=str(volume.path))
     indices = np.arange(volume.data.shape[2])
     geometry = plan_geometry(mask, data_config.image_size, reference=volume,
                              context_slices=data_config.context_slices)  # fmt: skip
+    stacks = [volume_to_slices(data01, geometry, indices, data_config.context_slices)]
+    for data, where in others:
+        other01, _, _ = normalise(data, mask, data_config.percentiles, where=where)
+        stacks.append(volume_to_slices(other01, geometry, indices, data_config.context_slices))
     return PreparedInput(
-        slices=volume_to_slices(data01, geometry, indices, data_config.context_slices),
+        slices=stacks[0] if len(stacks) == 1 else np.concatenate(stacks, axis=1),
         mask=volume_to_slices(mask.astype(np.float32), geometry, indices) >= 0.5,
         full_mask=mask,
         slice_indices=indices,
@@ -106,9 +117,10 @@ FACTOR = 2.0
 FAR = 2.0
 
 
-def intensity_histogram(slices01: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Normalised histogram (sums to 1) of the centre channel's brain voxels on [0, 1]."""
-    centre = slices01[:, slices01.shape[1] // 2]
+def intensity_histogram(slices01: np.ndarray, mask: np.ndarray, channel: int | None = None) -> np.ndarray:
+    """Normalised histogram (sums to 1) of one channel's brain voxels on [0, 1] (by default the
+    centre channel; with several sources, each source's own slice)."""
+    centre = slices01[:, slices01.shape[1] // 2 if channel is None else channel]
     values = centre[np.asarray(mask)[:, 0].astype(bool)]
     counts, _ = np.histogram(values, bins=HISTOGRAM_BINS, range=(0.0, 1.0))
     return counts / max(int(counts.sum()), 1)
@@ -145,19 +157,25 @@ def source_reference(
     return reference
 
 
-def check_source(prepared: PreparedInput, reference: dict[str, Any] | None) -> str | None:
-    """A one-line warning when the input's intensities look unlike the training source, else None."""
+def check_source(
+    prepared: PreparedInput, reference: dict[str, Any] | None, *, channel: int | None = None,
+    name: str | None = None,
+) -> str | None:
+    """A one-line warning when the input's intensities look unlike the training source, else None.
+
+    With several sources it runs once per input: ``channel`` is that source's own slice,
+    ``reference`` its entry of the stored reference's ``sources`` and ``name`` its file."""
     if not reference:
         return None
     expected = np.asarray(reference["histogram"], dtype=np.float64)
     if expected.size != HISTOGRAM_BINS:
         return None
-    observed = intensity_histogram(prepared.slices, prepared.mask)
+    observed = intensity_histogram(prepared.slices, prepared.mask, channel)
     distance = histogram_distance(observed, expected)
     threshold = float(reference["threshold"])
     if distance <= threshold:
         return None
-    name = prepared.geometry.get("grid_file", "input")
+    name = name or prepared.geometry.get("grid_file", "input")
     contrast = reference.get("contrast", "source")
     question = f"is it really a {contrast} image?"
     target = np.asarray(reference.get("target_histogram", []), dtype=np.float64)

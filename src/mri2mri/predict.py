@@ -36,13 +36,14 @@ exactly zero).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,12 @@ import numpy as np
 
 from mri2mri import __version__, portable
 from mri2mri.config import DataConfig, RunConfig, check_int
+from mri2mri.data.discovery import (
+    canonical_contrast,
+    canonical_sources,
+    contrast_of,
+    subject_contrasts,
+)
 from mri2mri.data.geometry import slices_to_volume, square_to_planes
 from mri2mri.data.io import (
     check_writable_folder,
@@ -95,9 +102,19 @@ class ModelInfo:
     def data(self) -> DataConfig:
         return self.config.data
 
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The canonical source contrasts the model reads, in channel order."""
+        return canonical_sources(self.data.source)
+
+    @property
+    def source_name(self) -> str:
+        """``T1``, or ``T1,T1c,FLAIR`` for a model of several sources."""
+        return ",".join(self.sources)
+
     def description(self) -> str:
         """The NIfTI descrip field (80 bytes with its terminator)."""
-        text = (f"mri2mri synthetic {self.data.target} from {self.data.source}, "
+        text = (f"mri2mri synthetic {self.data.target} from {self.source_name}, "
                 f"{self.config.model.generator}, {self.name}")  # fmt: skip
         return text.encode("ascii", "replace")[:79].decode("ascii")
 
@@ -217,9 +234,26 @@ def reference_from_run(run_dir: Path | None, config: RunConfig) -> dict[str, Any
         return None  # a damaged cache only costs the contrast check, never the prediction
 
 
-def reference_from_cache(cache, contrast: str, target_contrast: str | None = None) -> dict[str, Any] | None:
+def reference_from_cache(
+    cache, contrast: str | tuple[str, ...], target_contrast: str | None = None, channel: int | None = None
+) -> dict[str, Any] | None:
     """Histograms of the training subjects' normalised brain voxels (a sample of slices): the
-    source's, and the target's too when ``target_contrast`` is given."""
+    source's, and the target's too when ``target_contrast`` is given.
+
+    For several source contrasts the reference is the first source's, with ``sources`` holding
+    one reference per contrast (read from that contrast's own slice) for the check of each input."""
+    if not isinstance(contrast, str) and len(contrast) == 1:
+        contrast = contrast[0]
+    if not isinstance(contrast, str):
+        per_source = cache.in_channels // len(contrast)
+        context = (per_source - 1) // 2
+        references = {}
+        for k, name in enumerate(contrast):
+            reference = reference_from_cache(cache, name, target_contrast, channel=k * per_source + context)
+            if reference is None:
+                return None
+            references[canonical_contrast(name)] = reference
+        return {**references[canonical_contrast(contrast[0])], "sources": references}
     sources, targets = [], []
     for record in cache.subjects_in("train")[:REFERENCE_SUBJECTS]:
         start, stop = record.rows
@@ -229,7 +263,7 @@ def reference_from_cache(cache, contrast: str, target_contrast: str | None = Non
             np.linspace(start, stop - 1, min(REFERENCE_SLICES, stop - start)).astype(int)
         )
         mask = np.asarray(cache.mask[rows])
-        histogram = portable.intensity_histogram(np.asarray(cache.source[rows]), mask)
+        histogram = portable.intensity_histogram(np.asarray(cache.source[rows]), mask, channel)
         if histogram.sum() > 0:
             sources.append(histogram)
             targets.append(portable.intensity_histogram(np.asarray(cache.target[rows]), mask))
@@ -263,10 +297,19 @@ def _check_channels(prepared: portable.PreparedInput, info: ModelInfo, path: Pat
                         f"{info.name} expects {info.config.model.in_channels}")  # fmt: skip
 
 
-def _warn_contrast(prepared: portable.PreparedInput, info: ModelInfo) -> None:
-    message = portable.check_source(prepared, info.source_reference)
-    if message:
-        warnings.warn(message, ContrastWarning, stacklevel=3)
+def _warn_contrast(prepared: portable.PreparedInput, info: ModelInfo, paths: Sequence[Path] = ()) -> None:
+    """The contrast check; with several sources, once per input against that contrast's reference."""
+    if len(info.sources) == 1:
+        messages = [portable.check_source(prepared, info.source_reference)]
+    else:
+        per_source = prepared.slices.shape[1] // len(info.sources)
+        references = (info.source_reference or {}).get("sources") or {}
+        messages = [portable.check_source(prepared, references.get(contrast),
+                                          channel=k * per_source + info.data.context_slices, name=str(path))
+                    for k, (contrast, path) in enumerate(zip(info.sources, paths, strict=True))]  # fmt: skip
+    for message in messages:
+        if message:
+            warnings.warn(message, ContrastWarning, stacklevel=3)
 
 
 def synthesise_uncertainty(
@@ -292,20 +335,38 @@ def predict_volume(
 
 
 def predict_volume_maps(
-    run: Runner, info: ModelInfo, path: Path, *, batch_size: int = 16, uncertainty_passes: int = 0
+    run: Runner, info: ModelInfo, path: Path, *, batch_size: int = 16, uncertainty_passes: int = 0,
+    others: Sequence[Path] = (), register: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """``(data, uncertainty, affine)`` on the grid of ``path``; the voxelwise uncertainty over
-    ``uncertainty_passes`` test-time passes, or None when that is 0."""
+    ``uncertainty_passes`` test-time passes, or None when that is 0.
+
+    ``others`` are the further inputs of a model of several sources, in its order: each is
+    resampled onto ``path``'s grid (rigidly registered to it first with ``register``)."""
     volume = read_volume(path)
-    prepared = portable.prepare_volume(volume, info.data)
+    aligned = [(_onto_grid(read_volume(other), volume, register), str(other)) for other in others]
+    prepared = portable.prepare_volume(volume, info.data, aligned)
     _check_channels(prepared, info, path)
-    _warn_contrast(prepared, info)
+    _warn_contrast(prepared, info, (path, *others))
     data = _on_input_grid(synthesise(run, prepared, batch_size), prepared, volume, path)
     uncertainty = None
     if uncertainty_passes:
         spread = synthesise_uncertainty(run, prepared, batch_size, uncertainty_passes)
         uncertainty = _on_input_grid(spread, prepared, volume, path)
     return data, uncertainty, volume.original_affine
+
+
+def _onto_grid(moving, reference, register: bool) -> np.ndarray:
+    """``moving``'s canonical data on ``reference``'s grid: as is when the grids agree, else
+    resampled in scanner coordinates, or after a rigid registration with ``register``."""
+    from mri2mri.data.preprocess import register_rigid, resample_to, same_grid
+
+    if register:
+        transform, _ = register_rigid(reference, moving)
+        return resample_to(moving, reference, transform)
+    if same_grid(moving, reference):
+        return moving.data
+    return resample_to(moving, reference)
 
 
 def _on_input_grid(slices: np.ndarray, prepared: portable.PreparedInput, volume, path: Path) -> np.ndarray:
@@ -340,6 +401,8 @@ class Job:
     kind: str  # "volume" or "image"
     output_format: str = "nifti"  # "nifti" (a volume's file or an image) or "dicom" (a series folder)
     uncertainty: Path | None = None  # where the uncertainty NIfTI goes, when asked for
+    # A model of several sources: every input in the model's order (``source`` is the first).
+    sources: tuple[Path, ...] = ()
 
 
 OUTPUT_FORMATS = ("auto", "nifti", "dicom")
@@ -357,8 +420,17 @@ def predict_path(
     output_format: str = "auto",
     uncertainty: bool = False,
     uncertainty_passes: int = 8,
+    inputs: dict[str, Path] | None = None,
+    register: bool = False,
 ) -> list[Path]:
     """Synthesise every input and return the files written (see the module docstring).
+
+    A model of several sources takes a subject folder as ``source`` (its contrasts found by the
+    name rules of :mod:`mri2mri.data.discovery`), a folder of subject folders (batch mode), or
+    ``inputs``, contrast -> file (``--input T1=a.nii.gz``); ``source`` is then None. The output
+    lies on the grid of the first source; the others are resampled onto it (rigidly registered
+    first with ``register``). A missing or extra contrast is a DataError naming those the model
+    needs.
 
     ``output_format`` "auto" writes a DICOM series folder for a DICOM series input (unless
     ``output`` is named ``.nii``/``.nii.gz``) and NIfTI for a NIfTI input; "dicom" writes a
@@ -382,34 +454,47 @@ def predict_path(
             check_passes(uncertainty_passes)
         except ValueError as error:
             raise ConfigError(str(error)) from None
-    jobs = plan_jobs(Path(source), Path(output), overwrite=overwrite, output_format=output_format,
-                     uncertainty=uncertainty)  # fmt: skip
-    run, info = load_model(checkpoint, device=device, precision=precision)
+    plan = dict(overwrite=overwrite, output_format=output_format, uncertainty=uncertainty)
+    skipped: list[str] = []  # subjects of a batch left out before any work
+    if inputs is None and not Path(source).is_dir():
+        jobs = plan_jobs(Path(source), Path(output), **plan)
+        run, info = load_model(checkpoint, device=device, precision=precision)
+        if len(info.sources) > 1:
+            raise DataError(f"{source}: {_needs(info)}; give a subject folder, or --input CONTRAST=FILE for each")
+    else:  # what a folder holds depends on the model's sources
+        run, info = load_model(checkpoint, device=device, precision=precision)
+        if inputs is not None or len(info.sources) > 1:
+            jobs = plan_subject_jobs(info, None if source is None else Path(source), Path(output),
+                                     inputs=inputs, problems=skipped, **plan)  # fmt: skip
+        else:
+            jobs = plan_jobs(Path(source), Path(output), **plan)
     written: list[Path] = []
-    failures: list[str] = []
+    failures: list[str] = list(skipped)
     for job in jobs:
         try:
-            written.extend(_predict_one(run, info, job, batch_size, uncertainty_passes, overwrite))
+            written.extend(_predict_one(run, info, job, batch_size, uncertainty_passes, overwrite, register))
         except DataError as error:
-            if len(jobs) == 1:
+            if len(jobs) == 1 and not skipped:
                 raise
             failures.append(str(error))
             print(f"error: {error}; skipped", file=sys.stderr, flush=True)
     if failures:
         raise DataError(
-            f"{source}: {len(failures)} of {len(jobs)} inputs failed (first: {failures[0]})"
+            f"{source}: {len(failures)} of {len(jobs) + len(skipped)} inputs failed (first: {failures[0]})"
         )
     return written
 
 
 def _predict_one(
-    run: Runner, info: ModelInfo, job: Job, batch_size: int, passes: int = 8, overwrite: bool = False
+    run: Runner, info: ModelInfo, job: Job, batch_size: int, passes: int = 8, overwrite: bool = False,
+    register: bool = False,
 ) -> list[Path]:
     if job.kind == "image":
         image01 = predict_image(run, info, job.source, batch_size=batch_size)
         return [write_image_16bit(job.output, image01, overwrite=overwrite)]
     data, spread, affine = predict_volume_maps(
-        run, info, job.source, batch_size=batch_size, uncertainty_passes=passes if job.uncertainty else 0
+        run, info, job.source, batch_size=batch_size, uncertainty_passes=passes if job.uncertainty else 0,
+        others=job.sources[1:], register=register,
     )
     if job.output_format == "dicom":
         written = [write_synthetic_dicom(job.output, data, affine, info, source=job.source, overwrite=overwrite)]
@@ -430,7 +515,7 @@ def write_synthetic_dicom(
     mirroring the input series slice for slice when ``source`` is a DICOM folder."""
     from mri2mri.data.dicom_out import SeriesInfo, write_dicom_series
 
-    series = SeriesInfo(target=info.data.target, source=info.data.source,
+    series = SeriesInfo(target=info.data.target, source=info.source_name,
                         model=f"{info.name} ({info.config.model.generator}, {info.kind})",
                         software_version=__version__)  # fmt: skip
     return write_dicom_series(folder, data, affine, series, overwrite=overwrite,
@@ -492,6 +577,119 @@ def plan_jobs(
         jobs = [_job(source, target, kind, chosen, uncertainty)]
     for job in jobs:
         _check_output(job, overwrite)
+    return jobs
+
+
+def parse_inputs(items: Sequence[str]) -> dict[str, Path]:
+    """``--input T1=a.nii.gz --input FLAIR=b.nii.gz`` -> {"T1": a.nii.gz, "FLAIR": b.nii.gz}
+    (canonical contrast names); ConfigError for an item without ``=``, an unknown contrast or a
+    contrast given twice."""
+    inputs: dict[str, Path] = {}
+    for item in items:
+        name, equals, value = str(item).partition("=")
+        if not equals or not name.strip() or not value.strip():
+            raise ConfigError(f"--input {item!r}: expected CONTRAST=FILE, e.g. --input T1=t1.nii.gz")
+        contrast = canonical_contrast(name)
+        if contrast in inputs:
+            raise ConfigError(f"--input gives {contrast} twice ({inputs[contrast]} and {value.strip()})")
+        inputs[contrast] = Path(value.strip()).expanduser()
+    return inputs
+
+
+def _needs(info: ModelInfo) -> str:
+    return f"the model {info.name} needs the contrasts {', '.join(info.sources)}"
+
+
+def _choose_inputs(
+    info: ModelInfo, found: dict[str, list[Path]], where: Path | str, *, ignore_target: bool = True
+) -> tuple[Path, ...]:
+    """The model's inputs in its own channel order, whatever order they were given in; one
+    DataError naming what the model needs when a contrast is missing, extra or ambiguous (a
+    subject folder may also hold the target contrast, ``ignore_target``)."""
+    target = canonical_contrast(info.data.target)
+    missing = [c for c in info.sources if not found.get(c)]
+    extra = sorted(c for c in found if c not in info.sources and not (ignore_target and c == target))
+    several = [c for c in info.sources if len(found.get(c, [])) > 1]
+    if missing or extra or several:
+        problems = ([f"missing {', '.join(missing)}"] if missing else []) + (
+            [f"extra {', '.join(extra)}"] if extra else []) + (
+            [f"several {c} inputs ({', '.join(p.name for p in found[c])})" for c in several])  # fmt: skip
+        raise DataError(f"{where}: {_needs(info)} ({'; '.join(problems)})")
+    for contrast in info.sources:
+        path = found[contrast][0]
+        if input_kind(path) != "volume":
+            raise DataError(f"{path}: the {contrast} input is not a NIfTI file or DICOM series folder")
+    return tuple(found[c][0] for c in info.sources)
+
+
+def _is_subject_folder(folder: Path) -> bool:
+    """A folder holding images (or DICOM series folders) named by contrast, not subject folders."""
+    for entry in folder.iterdir():
+        if entry.name.startswith(".") or not contrast_of(entry.name):
+            continue
+        if (entry.is_file() and is_nifti(entry)) or (entry.is_dir() and input_kind(entry) == "volume"):
+            return True
+    return False
+
+
+def plan_subject_jobs(
+    info: ModelInfo, source: Path | None, output: Path, *, inputs: dict[str, Path] | None,
+    overwrite: bool, output_format: str = "auto", uncertainty: bool = False,
+    problems: list[str] | None = None,
+) -> list[Job]:
+    """The jobs of a model of several sources: ``inputs`` (contrast -> file), one subject folder,
+    or a folder of subject folders (one output each, named ``<subject>_synth...``, in ``output``).
+    Subject folders of a batch that lack a contrast are reported, left out and added to ``problems``."""
+    if inputs is not None:
+        if source is not None:
+            raise ConfigError("give either INPUT or --input CONTRAST=FILE, not both")
+        for contrast, path in inputs.items():
+            if not path.exists():
+                raise DataError(f"{path}: no such file or folder (--input {contrast})")
+        subjects = [(None, _choose_inputs(info, {c: [p] for c, p in inputs.items()}, "--input",
+                                          ignore_target=False))]  # fmt: skip
+    elif source is None or not source.is_dir():
+        raise DataError(f"{source}: {_needs(info)}; give a subject folder, or --input CONTRAST=FILE for each")
+    elif _is_subject_folder(source):
+        subjects = [(source, _choose_inputs(info, subject_contrasts(source), source))]
+    else:
+        folders = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
+        subjects = []
+        for folder in folders:
+            found = subject_contrasts(folder)
+            if not found:
+                continue
+            try:
+                subjects.append((folder, _choose_inputs(info, found, folder)))
+            except DataError as error:  # batch mode: reported and skipped, counted at the end
+                if problems is not None:
+                    problems.append(str(error))
+                print(f"error: {error}; skipped", file=sys.stderr, flush=True)
+        if not subjects:
+            first = f" (first: {problems[0]})" if problems else f"; {_needs(info)}"
+            raise DataError(f"{source}: no usable subject folder with images named by contrast{first}")
+        if output.exists() and not output.is_dir():
+            raise DataError(f"{output}: exists and is not a folder; batch mode writes one file per subject into a folder")
+    batch = len(subjects) > 1 or (source is not None and not _is_subject_folder(source))
+    jobs = []
+    for folder, paths in subjects:
+        first = paths[0]
+        if batch or output.is_dir():
+            chosen = _format(first, "volume", None, output_format)
+            named = Path(folder.name if folder is not None else first.name)
+            target = output / output_name(named, "volume", chosen)
+        else:
+            chosen = _format(first, "volume", output, output_format)
+            target = output
+        job = _job(first, target, "volume", chosen, uncertainty)
+        jobs.append(dataclasses.replace(job, sources=paths))
+    if batch:
+        _check_batch_outputs(jobs)
+    for job in jobs:
+        _check_output(job, overwrite)
+        inputs_of_job = {p.resolve() for p in job.sources}
+        if job.output.resolve() in inputs_of_job:
+            raise DataError(f"{job.output}: the output would replace one of its own inputs")
     return jobs
 
 
@@ -598,7 +796,7 @@ def write_synthetic_nifti(
     provenance = {
         "software": f"mri2mri {__version__}",
         "synthetic": True,
-        "source_contrast": info.data.source,
+        "source_contrast": info.source_name,
         "target_contrast": info.data.target,
         "generator": info.config.model.generator,
         "model_file": info.name,

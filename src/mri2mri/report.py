@@ -588,7 +588,7 @@ def _viewer_section(folder: Path, config: Any, lang: str) -> str:
     for entry in payload["subjects"]:
         entry["sprites"] = {panel: "data:image/jpeg;base64," + base64.b64encode(raw).decode("ascii")
                             for panel, raw in entry.pop("data").items()}  # fmt: skip
-    parts = [f"<h2>{_esc(_text('viewer', lang))}</h2>",
+    parts = [f'<h2 id="viewer">{_esc(_text("viewer", lang))}</h2>',  # report.html#viewer links here
              _note(_text("viewer_help", lang, size=max(height, width), vmax=payload.get("error_vmax")))]  # fmt: skip
     for index, entry in enumerate(payload["subjects"]):
         count = len(entry["slices"])

@@ -76,6 +76,10 @@ class RunFolder:
     def lock(self) -> Path:
         return self.root / ".lock"
 
+    @property
+    def split(self) -> Path:
+        return self.root / "split.json"
+
     def make(self) -> RunFolder:
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         self.figures.mkdir(parents=True, exist_ok=True)
@@ -84,6 +88,32 @@ class RunFolder:
         for leftover in self.checkpoints.glob(".*.tmp"):
             leftover.unlink(missing_ok=True)
         return self
+
+
+def write_split(cache_dir: Path, run_dir: Path) -> None:
+    """Keep the cache's subject split in the run folder, written when training starts (so a run
+    stopped early has it too): `test` refuses to score the subjects a run trained on."""
+    from mri2mri.data.io import atomic_write_bytes
+
+    source = Path(cache_dir) / "split.json"
+    if source.is_file():
+        atomic_write_bytes(Path(run_dir) / "split.json", source.read_bytes())
+
+
+def read_trained_subjects(split_file: Path) -> list[str] | None:
+    """The train subjects of a split.json (a run's or a cache's); None when there is no file."""
+    import json
+
+    split_file = Path(split_file)
+    if not split_file.is_file():
+        return None
+    try:
+        payload = json.loads(split_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise UserError(f"{split_file}: not a readable split ({error})") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("train", []), list):
+        raise UserError(f"{split_file}: not a split (expected lists of subject ids)")
+    return [str(subject) for subject in payload.get("train", [])]
 
 
 def find_checkpoint(run_dir: Path, which: str = "best") -> Path:

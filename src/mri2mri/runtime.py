@@ -109,7 +109,7 @@ def resolve_device(name: str) -> torch.device:
 def check_precision(precision: str, device: torch.device) -> str:
     """``precision`` if it is a valid choice on ``device`` (``auto`` included), else ConfigError."""
     if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        raise ConfigError(f"unknown --precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision == "fp16" and device.type == "cpu":
         raise ConfigError("--precision fp16 needs a GPU; use fp32 (or bf16 on a CPU with native bf16)")
     return precision

@@ -19,6 +19,7 @@ non-finite losses or gradients; DistributedDataParallel under torchrun.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import signal
@@ -44,11 +45,12 @@ from mri2mri.checkpoint import has_checkpoint, load_latest, save_checkpoint
 from mri2mri.config import RunConfig, replace
 from mri2mri.data.cache import SliceCache
 from mri2mri.data.dataset import Sample, SliceDataset, to_unit_range
+from mri2mri.data.io import atomic_write_text
 from mri2mri.errors import ConfigError, UserError, first_line
 from mri2mri.models import build_discriminator, build_generator, check_image_size, count_parameters
 from mri2mri.models.residual import TABLE_BINS, TableResidual
 from mri2mri.predict import reference_from_cache
-from mri2mri.runfolder import RunFolder, RunLock, find_checkpoint
+from mri2mri.runfolder import RunFolder, RunLock, find_checkpoint, write_split
 from mri2mri.runtime import (
     Runtime,
     barrier,
@@ -232,6 +234,8 @@ def gan_step(
             )
         loss_l1 = F.l1_loss(fake.float(), target.float())
         loss_direct = train.lambda_l1 * loss_l1  # the terms that do not pass through D
+        if train.lambda_l2 > 0:
+            loss_direct = loss_direct + train.lambda_l2 * F.mse_loss(fake.float(), target.float())
         if train.lambda_ssim > 0:
             loss_direct = loss_direct + train.lambda_ssim * losses.ssim_loss(fake.float(), target.float())
         if nets.perceptual is not None:
@@ -487,6 +491,8 @@ def _train(
             _warm_start(nets, config, Path(config.train.init_from))
         if runtime.is_main:
             config.save(folder.config)
+            if not resume or not folder.split.exists():
+                write_split(cache_dir, folder.root)  # before the first step: `test` needs it
             if not resume:
                 _start_history(folder.history)
         barrier(runtime)
@@ -537,8 +543,8 @@ def _warm_start(nets: Networks, config: RunConfig, checkpoint: Path) -> None:
 def _reconcile(config: RunConfig, cache: SliceCache) -> RunConfig:
     """The cache decides channel count and image size; the model follows it."""
     size = cache.image_size[0]
-    model = replace(config.model, in_channels=cache.in_channels)
-    data = replace(config.data, image_size=size, context_slices=(cache.in_channels - 1) // 2)
+    model = replace(config.model, in_channels=cache.in_channels, table_channel=cache.table_channel)
+    data = replace(config.data, image_size=size, context_slices=cache.context_slices, source=cache.source_option or config.data.source)
     return replace(config, model=model, data=data)
 
 
@@ -821,6 +827,7 @@ def _save(path: Path, nets: Networks, config: RunConfig, state: Progress, runtim
     }
     if nets.ema is not None:
         payload["ema"] = nets.ema.module.state_dict()
+        payload["ema_n_averaged"] = nets.ema.n_averaged  # else the first update after a resume copies G
     try:
         save_checkpoint(path, payload, keep_previous=keep_previous)
     except OSError as error:
@@ -848,6 +855,8 @@ def _restore(folder: RunFolder, nets: Networks, config: RunConfig, runtime: Runt
     nets.scaler.load_state_dict(payload["scaler"])
     if nets.ema is not None and "ema" in payload:
         nets.ema.module.load_state_dict(payload["ema"])
+        if "ema_n_averaged" in payload:
+            nets.ema.n_averaged.copy_(payload["ema_n_averaged"])
     state = Progress(**payload["progress"])
     if runtime.is_main:
         _truncate_history(folder.history, state.epoch)
@@ -868,9 +877,16 @@ def _match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
                     state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
+def _history_text(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
 def _start_history(path: Path) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        csv.writer(handle).writerow(HISTORY_COLUMNS)
+    atomic_write_text(path, _history_text([]))
 
 
 def _append_history(path: Path, row: dict[str, Any]) -> None:
@@ -887,10 +903,7 @@ def _truncate_history(path: Path, epochs_done: int) -> None:
         return
     with open(path, newline="", encoding="utf-8") as handle:
         rows = [r for r in csv.DictReader(handle) if r.get("epoch") and int(r["epoch"]) <= epochs_done]
-    _start_history(path)
-    with open(path, "a", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
-        writer.writerows(rows)
+    atomic_write_text(path, _history_text(rows))  # whole or not at all: a crash here loses no row
 
 
 def read_history(path: Path) -> list[dict[str, str]]:

@@ -9,9 +9,13 @@ Layout of a cache folder::
     cache.json   format version, fingerprint of the inputs, data config, one record per subject
     split.json   {"seed": ..., "train": [...], "val": [...], "test": [...]}  (subject ids)
     index.csv    row, subject, split, slice_index
-    source.npy   (N, C, S, S) float32 in [0, 1]   C = 2 * context_slices + 1
+    source.npy   (N, C, S, S) float32 in [0, 1]   C = n_sources * (2 * context_slices + 1)
     target.npy   (N, 1, S, S) float32 in [0, 1]
     mask.npy     (N, 1, S, S) uint8 brain mask
+
+With several source contrasts (``DataConfig.source`` a list) the channels are contrast-major:
+the first source's ``2 * context_slices + 1`` channels, then the second's, and so on, in the order
+``cache.json`` records (``sources``, ``channel_layout``).
 
 A cache is written into a temporary sibling folder and renamed into place when complete, so a
 failure never leaves a half-written cache behind.
@@ -63,6 +67,8 @@ class SubjectRecord:
     norm: dict[str, dict[str, float]] = field(default_factory=dict)
     geometry: dict[str, Any] = field(default_factory=dict)
     kind: str = "volume"  # "volume" or "image"
+    # Every source file in channel order when there are several (source_file is the first).
+    source_files: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -167,6 +173,7 @@ class CacheWriter:
             "data_config": self._data_config,
             "n_slices": self._rows,
             "in_channels": channels,
+            **_channel_layout(self._data_config),
             "image_size": [height, width],
             "subjects": [asdict(r) for r in self._records],
         }
@@ -200,6 +207,14 @@ def _finish(tmp: Path, out_dir: Path, meta: dict[str, Any], split_file: dict[str
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
     return out_dir
+
+
+def _channel_layout(data_config: dict[str, Any]) -> dict[str, Any]:
+    """What each input channel holds: the sources in order, contrast-major."""
+    source = data_config.get("source", "T1")
+    sources = [source] if isinstance(source, str) else list(source)
+    return {"sources": sources, "channel_layout": "contrast-major",
+            "context_slices": int(data_config.get("context_slices", 0))}  # fmt: skip
 
 
 def _write_json(path: Path, payload: Any) -> None:
@@ -242,6 +257,30 @@ class SliceCache:
     @property
     def in_channels(self) -> int:
         return int(self.meta["in_channels"])
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The source contrasts in channel order (caches written before several sources existed
+        hold one, named in their data config)."""
+        recorded = self.meta.get("sources") or self.meta.get("data_config", {}).get("source") or "T1"
+        return (recorded,) if isinstance(recorded, str) else tuple(recorded)
+
+    @property
+    def source_option(self) -> str | tuple[str, ...] | None:
+        """``DataConfig.source`` for this cache: a plain name for one source; None when the cache
+        records none (one written by hand)."""
+        if not (self.meta.get("sources") or self.meta.get("data_config", {}).get("source")):
+            return None
+        return self.sources[0] if len(self.sources) == 1 else self.sources
+
+    @property
+    def context_slices(self) -> int:
+        return (self.in_channels // len(self.sources) - 1) // 2
+
+    @property
+    def table_channel(self) -> int:
+        """The channel of the first source's own slice (contrast-major layout)."""
+        return self.context_slices
 
     @property
     def image_size(self) -> tuple[int, int]:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,12 +112,20 @@ def subject_key(name: str) -> str:
 
 @dataclass(frozen=True)
 class SubjectPair:
-    """One subject's source and target: a NIfTI file or a DICOM series folder each."""
+    """One subject's source and target: a NIfTI file or a DICOM series folder each.
+
+    With several source contrasts ``sources`` holds every source in channel order and
+    ``source`` is its first; with one it is empty and ``source`` is all there is."""
 
     subject: str
     source: Path
     target: Path
     layout: str  # "folders", "flat", "dicom" or "manifest"
+    sources: tuple[Path, ...] = ()
+
+    @property
+    def source_paths(self) -> tuple[Path, ...]:
+        return self.sources or (self.source,)
 
 
 @dataclass
@@ -129,14 +138,37 @@ class Discovery:
     skipped: int = 0
 
 
-def discover_pairs(root: Path | str, source: str, target: str) -> Discovery:
-    """Find every subject under ``root`` (a folder or a CSV manifest) with both contrasts."""
+def canonical_sources(source: str | Sequence[str], target: str | None = None) -> tuple[str, ...]:
+    """The canonical source contrasts of ``--source`` (a name or several); ConfigError for an
+    unknown name, a contrast named twice, or a source that is also the target."""
+    names = (source,) if isinstance(source, str) else tuple(source)
+    contrasts = tuple(canonical_contrast(name) for name in names)
+    repeated = sorted({c for c in contrasts if contrasts.count(c) > 1})
+    if repeated:
+        raise ConfigError(f"--source names {', '.join(repeated)} more than once")
+    if target is not None and canonical_contrast(target) in contrasts:
+        raise ConfigError(
+            f"source and target are both {canonical_contrast(target)}; choose two different contrasts"
+        )
+    return contrasts
+
+
+def subject_contrasts(folder: Path) -> dict[str, list[Path]]:
+    """Contrast -> NIfTI files or DICOM series folders of one subject folder (or a folder that
+    holds DICOM series folders named by contrast), by the same name rules as :func:`discover_pairs`."""
+    return _contrasts_in_subject_folder(Path(folder))
+
+
+def discover_pairs(root: Path | str, source: str | Sequence[str], target: str) -> Discovery:
+    """Find every subject under ``root`` (a folder or a CSV manifest) with both contrasts.
+
+    ``source`` may name several contrasts: a subject needs all of them, and the pairs' ``sources``
+    hold them in that order."""
     root = Path(root)
-    source, target = canonical_contrast(source), canonical_contrast(target)
-    if source == target:
-        raise ConfigError(f"source and target are both {source}; choose two different contrasts")
+    sources = canonical_sources(source, target)
+    target = canonical_contrast(target)
     if root.is_file() and root.suffix.lower() == ".csv":
-        return read_manifest(root, source, target)
+        return read_manifest(root, sources if len(sources) > 1 else sources[0], target)
     if not root.is_dir():
         raise DataError(f"{root}: no such folder or CSV manifest")
 
@@ -164,14 +196,24 @@ def discover_pairs(root: Path | str, source: str, target: str) -> Discovery:
                 layouts[subject] = "dicom" if is_dicom else "folders"
 
     discovery = Discovery()
+    wanted = (*sources, target)
     for subject in sorted(found):
         contrasts = found[subject]
         chosen = []
-        for contrast in (source, target):
+        missing = [contrast for contrast in wanted if not contrasts.get(contrast)]
+        if missing and len(sources) > 1:  # one line naming everything the subject lacks
+            present = ", ".join(sorted(contrasts)) or "none"
+            where = _subject_location(root, contrasts)
+            discovery.problems.append(
+                f"subject {subject}: no {' or '.join(missing)} image in {where} (found {present}); skipped"
+            )
+        for contrast in wanted:
             paths = contrasts.get(contrast, [])
             if len(paths) == 1:
                 chosen.append(paths[0])
             elif not paths:
+                if len(sources) > 1:
+                    continue
                 present = ", ".join(sorted(contrasts)) or "none"
                 where = _subject_location(root, contrasts)
                 discovery.problems.append(
@@ -182,8 +224,9 @@ def discover_pairs(root: Path | str, source: str, target: str) -> Discovery:
                 discovery.problems.append(
                     f"subject {subject}: several {contrast} images ({names}); skipped"
                 )
-        if len(chosen) == 2:
-            discovery.pairs.append(SubjectPair(subject, chosen[0], chosen[1], layouts[subject]))
+        if len(chosen) == len(wanted):
+            extra = tuple(chosen[:-1]) if len(sources) > 1 else ()
+            discovery.pairs.append(SubjectPair(subject, chosen[0], chosen[-1], layouts[subject], extra))
         else:
             discovery.skipped += 1
     return discovery
@@ -239,9 +282,13 @@ def _has_dicom_marker(path: Path) -> bool:
         return False
 
 
-def read_manifest(csv_path: Path, source: str, target: str) -> Discovery:
-    """Pairs listed in a CSV: columns ``subject, source, target`` or one column per contrast."""
-    source, target = canonical_contrast(source), canonical_contrast(target)
+def read_manifest(csv_path: Path, source: str | Sequence[str], target: str) -> Discovery:
+    """Pairs listed in a CSV: columns ``subject, source, target`` or one column per contrast
+    (the only form for several sources: one column for each)."""
+    sources = canonical_sources(source, target)
+    if len(sources) > 1:
+        return _read_multi_manifest(csv_path, sources, canonical_contrast(target))
+    source, target = sources[0], canonical_contrast(target)
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.DictReader(handle))
@@ -293,12 +340,61 @@ def read_manifest(csv_path: Path, source: str, target: str) -> Discovery:
     return discovery
 
 
+def _read_multi_manifest(csv_path: Path, sources: tuple[str, ...], target: str) -> Discovery:
+    """A manifest with a column per contrast, for a model of several sources."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{csv_path}: unreadable CSV manifest ({error})") from None
+    if not rows:
+        raise DataError(f"{csv_path}: empty CSV manifest")
+    columns = [c for c in rows[0] if c is not None]
+    by_name = {str(c).strip().lower(): c for c in columns}
+    wanted = (*sources, target)
+    chosen = {contrast: _contrast_column(by_name, contrast) for contrast in wanted}
+    absent = [contrast for contrast, column in chosen.items() if column is None]
+    if "subject" not in by_name or absent:
+        raise DataError(
+            f"{csv_path}: a manifest for several sources needs columns subject, "
+            f"{', '.join(wanted)}; found {', '.join(map(str, columns))}"
+        )
+    discovery = Discovery()
+    seen: set[str] = set()
+    base = csv_path.resolve().parent
+    for line, row in enumerate(rows, start=2):
+        subject = (row.get(by_name["subject"]) or "").strip()
+        if not subject or subject in seen:
+            why = "no subject name" if not subject else f"subject {subject} listed twice"
+            discovery.problems.append(f"{csv_path}:{line}: {why}; skipped")
+            discovery.skipped += 1
+            continue
+        seen.add(subject)
+        paths, missing = [], []
+        for contrast in wanted:
+            value = (row.get(chosen[contrast]) or "").strip()
+            path = Path(value).expanduser()
+            path = path if path.is_absolute() else base / path
+            if not value or not path.exists():
+                missing.append(f"{contrast} ({value or 'empty'})")
+            paths.append(path)
+        if missing:
+            discovery.problems.append(
+                f"subject {subject}: no {' or '.join(missing)} file found ({csv_path}:{line}); skipped"
+            )
+            discovery.skipped += 1
+            continue
+        discovery.pairs.append(SubjectPair(subject, paths[0], paths[-1], "manifest", tuple(paths[:-1])))
+    _refuse_shared_files(csv_path, discovery.pairs)
+    return discovery
+
+
 def _refuse_shared_files(csv_path: Path, pairs: list[SubjectPair]) -> None:
     """One file under two subject ids would put the same images in two splits (a leak from
     training into testing): refuse the manifest, naming the file and both subjects."""
     owner: dict[Path, str] = {}
     for pair in pairs:
-        for path in (pair.source, pair.target):
+        for path in (*pair.source_paths, pair.target):
             key = Path(path).resolve()
             other = owner.setdefault(key, pair.subject)
             if other != pair.subject:

@@ -43,7 +43,12 @@ from mri2mri.data.cache import (
     cleanup_on_terminate,
     is_cache,
 )
-from mri2mri.data.discovery import SubjectPair, canonical_contrast, discover_pairs
+from mri2mri.data.discovery import (
+    SubjectPair,
+    canonical_contrast,
+    canonical_sources,
+    discover_pairs,
+)
 from mri2mri.data.geometry import (
     brain_mask,
     check_not_constant,
@@ -194,33 +199,27 @@ def register_rigid(fixed: Volume, moving: Volume, *, seed: int = 0, iterations: 
 
 
 def prepare_subject(pair: SubjectPair, data_config: DataConfig) -> SubjectSlices:
-    """Read, align, mask, normalise and slice one subject; :class:`DataError` names the file."""
-    source = read_volume(pair.source)
-    target = read_volume(pair.target)
-    check_not_constant(source, "source")
-    check_not_constant(target, "target")
+    """Read, align, mask, normalise and slice one subject; :class:`DataError` names the file.
 
-    registration = None
-    if data_config.register:
-        transform, registration = register_rigid(target, source, seed=data_config.split_seed)
-        source_data = resample_to(source, target, transform)
-        say(
-            f"{pair.subject}: rigid registration of {Path(pair.source).name} onto "
-            f"{Path(pair.target).name}, final Mattes MI {registration['final_metric_value']:.4f}"
-            f" after {registration['iterations']} iterations"
-        )
-    elif not same_grid(source, target):
-        raise DataError(
-            f"subject {pair.subject}: {pair.source} ({describe_grid(source)}) is not on the grid of "
-            f"{pair.target} ({describe_grid(target)}); pass --register to register and resample"
-        )
-    else:
-        source_data = source.data
+    With several sources each one is put on the target's grid (registered when asked),
+    normalised on its own, and its slices (with their context) stacked after the previous
+    source's: the contrast-major channel layout of the cache."""
+    sources = [read_volume(path) for path in pair.source_paths]
+    target = read_volume(pair.target)
+    for source in sources:
+        check_not_constant(source, "source")
+    check_not_constant(target, "target")
+    aligned, registrations = [], []
+    for source in sources:
+        data, registration = _onto_target(pair, source, target, data_config)
+        aligned.append((source, data))
+        registrations.append(registration)
+    (source, source_data), registration = aligned[0], registrations[0]
 
     mask = brain_mask(source_data, target.data)
-    source01, source_low, source_high = normalise(
-        source_data, mask, data_config.percentiles, where=str(source.path)
-    )
+    normalised = [normalise(data, mask, data_config.percentiles, where=str(volume.path))
+                  for volume, data in aligned]  # fmt: skip
+    source01, source_low, source_high = normalised[0]
     target01, target_low, target_high = normalise(
         target.data, mask, data_config.percentiles, where=str(target.path)
     )
@@ -235,6 +234,9 @@ def prepare_subject(pair: SubjectPair, data_config: DataConfig) -> SubjectSlices
     )
     geometry["registration"] = registration
     geometry["resampled"] = registration is not None
+    several = len(aligned) > 1
+    if several:
+        geometry["source_registrations"] = registrations
     record = SubjectRecord(
         subject=pair.subject,
         split="",  # decided once every subject is known, see prepare()
@@ -244,16 +246,41 @@ def prepare_subject(pair: SubjectPair, data_config: DataConfig) -> SubjectSlices
         norm={
             "source": {"low": source_low, "high": source_high},
             "target": {"low": target_low, "high": target_high},
+            # Every source's own window, in channel order, when there are several.
+            **({f"source:{contrast}": {"low": low, "high": high}
+                for contrast, (_, low, high) in zip(canonical_sources(data_config.source), normalised, strict=True)}
+               if several else {}),
         },
         geometry=geometry,
         kind="volume",
+        source_files=[str(p) for p in pair.sources],
     )
+    stacks = [volume_to_slices(data01, geometry, indices, data_config.context_slices)
+              for data01, _, _ in normalised]  # fmt: skip
     return SubjectSlices(
         record=record,
-        source=volume_to_slices(source01, geometry, indices, data_config.context_slices),
+        source=stacks[0] if not several else np.concatenate(stacks, axis=1),
         target=volume_to_slices(target01, geometry, indices),
         mask=volume_to_slices(mask.astype(np.float32), geometry, indices) >= 0.5,
     )
+
+
+def _onto_target(pair: SubjectPair, source: Volume, target: Volume, data_config: DataConfig):
+    """``(data, registration)``: one source on the target's grid, registered with --register."""
+    if data_config.register:
+        transform, registration = register_rigid(target, source, seed=data_config.split_seed)
+        say(
+            f"{pair.subject}: rigid registration of {Path(source.path).name} onto "
+            f"{Path(pair.target).name}, final Mattes MI {registration['final_metric_value']:.4f}"
+            f" after {registration['iterations']} iterations"
+        )
+        return resample_to(source, target, transform), registration
+    if not same_grid(source, target):
+        raise DataError(
+            f"subject {pair.subject}: {source.path} ({describe_grid(source)}) is not on the grid of "
+            f"{pair.target} ({describe_grid(target)}); pass --register to register and resample"
+        )
+    return source.data, None
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,7 +318,8 @@ def split_subjects(
 def slice_settings(data_config: DataConfig) -> dict[str, Any]:
     """The DataConfig fields that affect the cache, with contrast names made canonical."""
     settings = {name: getattr(data_config, name) for name in SLICE_FIELDS}
-    settings["source"] = canonical_contrast(data_config.source)
+    sources = canonical_sources(data_config.source)
+    settings["source"] = sources[0] if len(sources) == 1 else list(sources)
     settings["target"] = canonical_contrast(data_config.target)
     settings["percentiles"] = [float(p) for p in data_config.percentiles]
     return settings
@@ -331,8 +359,13 @@ def prepare(
     data_config.validate()  # a config built by hand is checked as the command line's is
     _check_cache_location(data_path, cache_dir)
     check_writable_folder(cache_dir.parent, "slice cache", target=cache_dir)
-    canonical_contrast(data_config.source), canonical_contrast(data_config.target)
+    sources = canonical_sources(data_config.source, data_config.target)
     if png.is_png_pair_root(data_path):
+        if len(sources) > 1:
+            raise DataError(
+                f"{data_path}: PNG image pairs hold one source contrast; several sources "
+                f"({', '.join(sources)}) need volumes in subject folders or a CSV manifest"
+            )
         pairs = png.discover_image_pairs(data_path, data_config.source, data_config.target)
         files = [p for pair in pairs for p in (pair.source, pair.target)]
         key = fingerprint(files, data_config)
@@ -348,11 +381,11 @@ def prepare(
     if not discovery.pairs:
         detail = f"; first problem: {discovery.problems[0]}" if discovery.problems else ""
         raise DataError(
-            f"{data_path}: no subject with both {data_config.source} and {data_config.target} "
-            f"images found{detail}"
+            f"{data_path}: no subject with {'both' if len(sources) == 1 else 'all of'} "
+            f"{', '.join(sources)} and {data_config.target} images found{detail}"
         )
     manifest = [data_path] if data_path.is_file() else []
-    files = manifest + [p for pair in discovery.pairs for p in (pair.source, pair.target)]
+    files = manifest + [p for pair in discovery.pairs for p in (*pair.source_paths, pair.target)]
     key = fingerprint(files, data_config)
     if _reusable(cache_dir, key):
         return cache_dir
@@ -401,14 +434,14 @@ def ensure_cache(data_path: Path | str, data_config: DataConfig, cache_dir: Path
     """``data_path`` itself when it already is a slice cache, else :func:`prepare` into ``cache_dir``."""
     data_path = Path(data_path)
     if is_cache(data_path):
-        cached = SliceCache(data_path).meta.get("data_config", {})
-        for role in ("source", "target"):
-            wanted = canonical_contrast(getattr(data_config, role))
-            have = cached.get(role)
-            if have and canonical_contrast(have) != wanted:
-                warn(
-                    f"{data_path}: cache was prepared with {role} {have}, not {wanted}; using it as is"
-                )
+        cache = SliceCache(data_path)
+        have_sources, wanted_sources = cache.sources, canonical_sources(data_config.source)
+        if tuple(canonical_contrast(c) for c in have_sources) != wanted_sources:
+            warn(f"{data_path}: cache was prepared with source {','.join(have_sources)}, not "
+                 f"{','.join(wanted_sources)}; using it as is")  # fmt: skip
+        wanted, have = canonical_contrast(data_config.target), cache.meta.get("data_config", {}).get("target")
+        if have and canonical_contrast(have) != wanted:
+            warn(f"{data_path}: cache was prepared with target {have}, not {wanted}; using it as is")
         return data_path
     return prepare(data_path, data_config, cache_dir)
 

@@ -37,9 +37,12 @@ class TableResidual(nn.Module):
     the unit range before use.
     """
 
-    def __init__(self, correction: nn.Module, n_bins: int = TABLE_BINS):
+    def __init__(self, correction: nn.Module, n_bins: int = TABLE_BINS, table_channel: int | None = None):
         super().__init__()
         self.correction = correction
+        # The input channel the table reads: the first source's own slice when the input stacks
+        # several contrasts; None (runs before several sources existed) reads the centre channel.
+        self.table_channel = table_channel
         # Until fitted: the identity map, a harmless table for a network built only to load weights.
         self.register_buffer("table", (torch.arange(n_bins, dtype=torch.float32) + 0.5) / n_bins)
         zero_last_layer(correction)
@@ -53,8 +56,8 @@ class TableResidual(nn.Module):
         self.table.copy_(table)
 
     def lookup(self, x: torch.Tensor) -> torch.Tensor:
-        """The table's image of the central channel of ``x``: (B, C, H, W) -> (B, 1, H, W)."""
-        centre = x.shape[1] // 2
+        """The table's image of ``table_channel`` of ``x`` (the centre by default): (B, C, H, W) -> (B, 1, H, W)."""
+        centre = x.shape[1] // 2 if self.table_channel is None else self.table_channel
         unit = (x[:, centre : centre + 1].float() + 1) / 2
         n_bins = self.table.shape[0]
         # Position on the axis of bin centres: centre k sits at k (as np.interp over the centres).
