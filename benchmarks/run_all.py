@@ -27,7 +27,7 @@ from typing import Any
 
 from _common import RESULTS, format_table
 
-from mri2mri.threads import choose_thread_policy
+from mri2mri.threads import choose_thread_policy, probe_busy_cores
 
 HERE = Path(__file__).resolve().parent
 
@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         wanted = {name.removesuffix(".py") for name in args.only.split(",")}
         scripts = [s for s in scripts if s.stem in wanted]
     environment = dict(os.environ)
-    environment.update(choose_thread_policy(environment).chosen)  # the user's own settings win
+    # What the mri2mri command would choose on this machine now; the user's own settings win.
+    environment.update(choose_thread_policy(environment, probe_busy_cores()).chosen)
     quick_folder = Path(tempfile.mkdtemp(prefix="mri2mri-bench-")) if args.quick else None
     outcomes = []
     for script in scripts:

@@ -16,8 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from mri2mri.threads import SPIN_COUNT
-
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -94,7 +92,7 @@ def test_contention_benchmark_measures_alone_and_beside_busy_processes(tmp_path)
     assert cells == {("train", 0), ("train", 1), ("predict", 0), ("predict", 1)}
     for measurement in measurements:
         # Each measurement ran in its own process, with the policy the mri2mri command applies.
-        assert f"GOMP_SPINCOUNT={SPIN_COUNT} (mri2mri's choice)" in measurement["policy_line"]
+        assert "(mri2mri's choice" in measurement["policy_line"]
         assert measurement["rate"] > 0
     rate = {(m["workload"], m["competitors"]): m["rate"] for m in measurements}
     for row in payload["rows"]:
