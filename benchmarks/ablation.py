@@ -20,6 +20,7 @@ Per-fold rows and the summary go to ``benchmarks/results/quality.json`` and ``qu
     make bench-quality                                         # 600 s per run, seeds 0 and 1
     python benchmarks/ablation.py --budget 150 --configs default plain --seeds 0
     python benchmarks/ablation.py --steps 600 --configs default plain --skip-builtin
+    python benchmarks/ablation.py --steps 800 --configs default t1-t1c --folds TCGA-DU-7294  # one fold
     python benchmarks/ablation.py --budget 5 --quick           # a smoke test of the script
 """
 
@@ -60,12 +61,41 @@ CONFIGS: dict[str, list[str]] = {
     "unet256-32": ["--generator", "unet256", "--base-channels", "32"],
     "adv-low": ["--lambda-l1", "1000"],  # adversarial weight 10x lower relative to L1
     "lr-high": ["--lr", "5e-4"],
+    "ema-adv-low": ["--ema", "0.999", "--lambda-l1", "1000"],
+    "adv-off": ["--lambda-l1", "100000"],  # practically a pure L1 regression
+    # Squared error instead of L1 (same gradient as L1 at an error of 0.05); with EMA.
+    "mse": ["--lambda-l1", "0", "--lambda-l2", "1000"],
+    # A warm start from a run trained on the built-in data; make it first: `mri2mri phantom --out
+    # outputs/pre/phantom`, `mri2mri prepare outputs/pre/phantom --out outputs/pre/cache
+    # --image-size 128`, `mri2mri train outputs/pre/cache --out outputs/pre/run --epochs 4`.
+    "phantom-init": ["--init-from", "outputs/pre/run"],
+    "mse-ema": ["--lambda-l1", "0", "--lambda-l2", "1000", "--ema", "0.999"],
 }
 # Configurations that need their own prepared slices: `mri2mri prepare` arguments.
 PREPARE: dict[str, list[str]] = {"context1": ["--context-slices", "1"]}
 CONFIGS["context1"] = []  # 2.5D input: one neighbouring slice on each side
+# Several source contrasts stacked as input channels (and FLAIR alone), each with its own cache.
+PREPARE["t1-t1c"] = ["--source", "T1,T1c"]
+CONFIGS["t1-t1c"] = ["--source", "T1,T1c"]
+PREPARE["t1-t1c-flair"] = ["--source", "T1,T1c,FLAIR"]
+CONFIGS["t1-t1c-flair"] = ["--source", "T1,T1c,FLAIR"]
+PREPARE["flair"] = ["--source", "FLAIR"]
+CONFIGS["flair"] = ["--source", "FLAIR"]
 METRICS = ("psnr_mask", "ssim_mask", "mae_mask", "volume_psnr")
-BASELINES = ("intensity-map", "identity")
+BASELINES = ("intensity-map", "identity", "linear-regression")  # the last only for several sources
+
+
+def is_baseline(method: str) -> bool:
+    return method.split(" ")[0] in BASELINES
+
+
+def baseline_label(name: str, baseline: str) -> str:
+    """A baseline depends on the sources (intensity-map reads the first, linear-regression all):
+    a configuration of other sources names its own, e.g. ``intensity-map (FLAIR)``."""
+    prepare = PREPARE.get(name, [])
+    if "--source" in prepare:
+        return f"{baseline} ({prepare[prepare.index('--source') + 1]})"
+    return baseline
 DEMO_IMAGE_SIZE, DEMO_EPOCHS = 128, 30  # `mri2mri demo` on a CPU
 
 
@@ -100,7 +130,7 @@ def fold_scores(run: Path) -> dict[str, dict[str, float]]:
     metrics = json.loads((run / "metrics.json").read_text())
     summary = json.loads((run / "run_summary.json").read_text())
     scores = {}
-    for method in ("model", *BASELINES):
+    for method in ("model", *(b for b in BASELINES if b in metrics["pooled"])):
         scores[method] = {m: metrics["pooled"][method][m]["mean"] for m in METRICS if m in metrics["pooled"][method]}
         if method in metrics.get("volume_psnr", {}):
             scores[method]["volume_psnr"] = metrics["volume_psnr"][method]["mean"]
@@ -126,12 +156,12 @@ def summarise(rows: list[dict[str, object]]) -> list[dict[str, object]]:
             values = [float(r[key]) for r in group if r.get(key) is not None]
             if values:
                 entry[key] = mean_std(values)
-        if method not in BASELINES:
+        if not is_baseline(method):
             entry["wins_over_intensity_map"] = sum(1 for r in group if r["gain_psnr_mask"] > 0)
             entry["gain_psnr_mask"] = mean_std([float(r["gain_psnr_mask"]) for r in group])
             entry["gain_ssim_mask"] = mean_std([float(r["gain_ssim_mask"]) for r in group])
         summary.append(entry)
-    return sorted(summary, key=lambda e: (e["method"] in BASELINES, -e["psnr_mask"]["mean"]))
+    return sorted(summary, key=lambda e: (is_baseline(e["method"]), -e["psnr_mask"]["mean"]))
 
 
 def markdown(summary: list[dict[str, object]], rows: list[dict[str, object]], title: str) -> str:
@@ -149,7 +179,7 @@ def markdown(summary: list[dict[str, object]], rows: list[dict[str, object]], ti
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for e in summary:
-        baseline = e["method"] in BASELINES
+        baseline = is_baseline(e["method"])
         steps = "" if baseline else f"{e['steps']['mean']:.0f}"
         speed = "" if baseline else f"{e['images_per_s']['mean']:.1f}"
         lines.append(
@@ -163,7 +193,7 @@ def markdown(summary: list[dict[str, object]], rows: list[dict[str, object]], ti
               "| fold | method | seed | PSNR brain | SSIM brain | intensity-map PSNR | intensity-map SSIM | steps |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for r in rows:
-        if r["method"] in BASELINES:
+        if is_baseline(r["method"]):
             continue
         lines.append(f"| {r['fold']} | {r['method']} | {r['seed']} | {r['psnr_mask']:.2f} | {r['ssim_mask']:.3f} | "
                      f"{r['table_psnr_mask']:.2f} | {r['table_ssim_mask']:.3f} | {r['steps']} |")  # fmt: skip
@@ -188,7 +218,8 @@ def evaluate_dataset(folds: list[tuple[str, Path]], configs: list[str], seeds: l
                              "gain_psnr_mask": scores["model"]["psnr_mask"] - table["psnr_mask"],
                              "gain_ssim_mask": scores["model"]["ssim_mask"] - table["ssim_mask"]})  # fmt: skip
                 if fold not in baselines_done:  # the same test slices for every run of the fold
-                    rows += [{"fold": fold, "method": b, "seed": None, **scores[b]} for b in BASELINES]
+                    rows += [{"fold": fold, "method": baseline_label(name, b), "seed": None, **scores[b]}
+                             for b in BASELINES if b in scores]
                     baselines_done.add(fold)
     return rows
 
@@ -199,7 +230,7 @@ def _one_baseline_row_per_fold(rows: list[dict[str, object]]) -> list[dict[str, 
     seen: set[tuple[object, object]] = set()
     kept = []
     for row in rows:
-        if row["method"] in BASELINES:
+        if is_baseline(str(row["method"])):
             if (row["fold"], row["method"]) in seen:
                 continue
             seen.add((row["fold"], row["method"]))
@@ -222,6 +253,8 @@ def real_folds(args: argparse.Namespace, log: list[str], prepare_args: list[str]
     for held_out in subjects:
         assignment = {s: ("test" if s == held_out else "train") for s in subjects}
         target = root / f"fold-{held_out}"
+        if args.folds and held_out not in args.folds:
+            continue
         folds.append((held_out, target if (target / "cache.json").is_file() else resplit(full, assignment, target)))
     return folds
 
@@ -247,6 +280,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "quality")
     parser.add_argument("--configs", nargs="+", default=["default", "pix2pix"], choices=list(CONFIGS))
     parser.add_argument("--real", type=Path, default=REAL_DATA)
+    parser.add_argument("--folds", nargs="+", default=None, metavar="PATIENT",
+                        help="hold out only these patients (a quicker screen; the default holds out each)")
     parser.add_argument("--skip-builtin", action="store_true")
     parser.add_argument("--skip-real", action="store_true")
     parser.add_argument("--tag", default="quality", help="name of the result files in benchmarks/results/")
