@@ -289,12 +289,8 @@ def read_manifest(csv_path: Path, source: str | Sequence[str], target: str) -> D
     if len(sources) > 1:
         return _read_multi_manifest(csv_path, sources, canonical_contrast(target))
     source, target = sources[0], canonical_contrast(target)
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.DictReader(handle))
-            columns = [c for c in (rows[0].keys() if rows else [])]
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise DataError(f"{csv_path}: unreadable CSV manifest ({error})") from None
+    rows = _manifest_rows(csv_path)
+    columns = [c for c in (rows[0].keys() if rows else [])]
     by_name = {str(c).strip().lower(): c for c in columns if c is not None}
     subject_column = by_name.get("subject")
     source_column = by_name.get("source") or _contrast_column(by_name, source)
@@ -311,22 +307,13 @@ def read_manifest(csv_path: Path, source: str | Sequence[str], target: str) -> D
     seen: set[str] = set()
     base = csv_path.resolve().parent
     for line, row in enumerate(rows, start=2):
-        subject = (row.get(subject_column) or "").strip()
-        if not subject:
-            discovery.problems.append(f"{csv_path}:{line}: no subject name; skipped")
-            discovery.skipped += 1
+        subject = _new_subject(row.get(subject_column), seen, f"{csv_path}:{line}", discovery)
+        if subject is None:
             continue
-        if subject in seen:
-            discovery.problems.append(f"{csv_path}:{line}: subject {subject} listed twice; skipped")
-            discovery.skipped += 1
-            continue
-        seen.add(subject)
         paths = []
         for column in (source_column, target_column):
-            value = (row.get(column) or "").strip()
-            path = Path(value).expanduser()
-            path = path if path.is_absolute() else base / path
-            if not value or not path.exists():
+            value, path = _manifest_file(row.get(column), base)
+            if path is None:
                 discovery.problems.append(
                     f"subject {subject}: {column} file {value or '(empty)'} not found ({csv_path}:{line}); skipped"
                 )
@@ -342,11 +329,7 @@ def read_manifest(csv_path: Path, source: str | Sequence[str], target: str) -> D
 
 def _read_multi_manifest(csv_path: Path, sources: tuple[str, ...], target: str) -> Discovery:
     """A manifest with a column per contrast, for a model of several sources."""
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.DictReader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise DataError(f"{csv_path}: unreadable CSV manifest ({error})") from None
+    rows = _manifest_rows(csv_path)
     if not rows:
         raise DataError(f"{csv_path}: empty CSV manifest")
     columns = [c for c in rows[0] if c is not None]
@@ -363,19 +346,13 @@ def _read_multi_manifest(csv_path: Path, sources: tuple[str, ...], target: str) 
     seen: set[str] = set()
     base = csv_path.resolve().parent
     for line, row in enumerate(rows, start=2):
-        subject = (row.get(by_name["subject"]) or "").strip()
-        if not subject or subject in seen:
-            why = "no subject name" if not subject else f"subject {subject} listed twice"
-            discovery.problems.append(f"{csv_path}:{line}: {why}; skipped")
-            discovery.skipped += 1
+        subject = _new_subject(row.get(by_name["subject"]), seen, f"{csv_path}:{line}", discovery)
+        if subject is None:
             continue
-        seen.add(subject)
         paths, missing = [], []
         for contrast in wanted:
-            value = (row.get(chosen[contrast]) or "").strip()
-            path = Path(value).expanduser()
-            path = path if path.is_absolute() else base / path
-            if not value or not path.exists():
+            value, path = _manifest_file(row.get(chosen[contrast]), base)
+            if path is None:
                 missing.append(f"{contrast} ({value or 'empty'})")
             paths.append(path)
         if missing:
@@ -387,6 +364,35 @@ def _read_multi_manifest(csv_path: Path, sources: tuple[str, ...], target: str) 
         discovery.pairs.append(SubjectPair(subject, paths[0], paths[-1], "manifest", tuple(paths[:-1])))
     _refuse_shared_files(csv_path, discovery.pairs)
     return discovery
+
+
+def _manifest_rows(csv_path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV manifest (a byte-order mark allowed), or one DataError naming it."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+            return list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{csv_path}: unreadable CSV manifest ({error})") from None
+
+
+def _new_subject(value: str | None, seen: set[str], where: str, discovery: Discovery) -> str | None:
+    """The row's subject id, or None (recorded as skipped) when it is empty or listed before."""
+    subject = (value or "").strip()
+    if not subject or subject in seen:
+        why = "no subject name" if not subject else f"subject {subject} listed twice"
+        discovery.problems.append(f"{where}: {why}; skipped")
+        discovery.skipped += 1
+        return None
+    seen.add(subject)
+    return subject
+
+
+def _manifest_file(value: str | None, base: Path) -> tuple[str, Path | None]:
+    """A manifest cell and the file it names (relative to the manifest's folder), None if absent."""
+    value = (value or "").strip()
+    path = Path(value).expanduser()
+    path = path if path.is_absolute() else base / path
+    return value, path if value and path.exists() else None
 
 
 def _refuse_shared_files(csv_path: Path, pairs: list[SubjectPair]) -> None:
