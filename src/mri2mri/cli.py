@@ -563,12 +563,14 @@ def _trailing_output(parser: argparse.ArgumentParser, args: argparse.Namespace, 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # Before any command imports torch: the OpenMP runtime reads its settings when torch loads it.
-    apply_thread_policy()
-    parser = build_parser()
+    parser = build_parser()  # imports no torch: the thread policy can still be chosen after it
     args, extra = parser.parse_known_args(argv)
     if extra:
         _trailing_output(parser, args, extra)
+    if getattr(args, "func", None) in (cmd_train, cmd_test, cmd_predict, cmd_demo):
+        # Before torch loads (the OpenMP runtime reads its settings then); only the commands
+        # that run networks pay the probe's fifth of a second.
+        apply_thread_policy()
     if hasattr(args, "preset"):
         _apply_preset(args)
     warnings.simplefilter("default")
