@@ -304,7 +304,7 @@ def evaluate(
                 kept = _FigureSlice(
                     subject=record.subject,
                     slice_index=slice_indices[i],
-                    source=identity(source, shown)[i, 0].numpy().copy(),
+                    source=shown_source[i, 0].copy(),
                     target=target_array[i, 0].copy(),
                     prediction=outputs["model"][i, 0].float().numpy().copy(),
                     # The map is fitted on brain voxels only; its background value means nothing.
