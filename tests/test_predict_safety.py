@@ -162,11 +162,11 @@ def test_batch_outputs_are_unique_and_never_an_input(tmp_path):
 
 
 def test_an_output_created_meanwhile_is_not_replaced(tmp_path):
-    from mri2mri.predict import atomic_save
+    from mri2mri.atomic import save_atomically
 
     out = tmp_path / "o.nii.gz"
     out.write_bytes(b"the other run's result")  # appeared after the up-front existence check
     with pytest.raises(UserError, match="another process"):
-        atomic_save(out, ".nii.gz", lambda tmp: Path(tmp).write_bytes(b"ours"), replace=False)
+        save_atomically(out, lambda tmp: Path(tmp).write_bytes(b"ours"), suffix=".nii.gz", replace=False)
     assert out.read_bytes() == b"the other run's result"
     assert [p.name for p in tmp_path.iterdir()] == ["o.nii.gz"]

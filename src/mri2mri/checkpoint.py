@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from mri2mri.data.io import atomic_write_bytes as write_bytes_atomically
+from mri2mri import atomic
 from mri2mri.errors import UserError, first_line
 
 CHECKSUM_KEY = "sha256"
@@ -59,13 +59,6 @@ def _digest(payload: Mapping[str, Any]) -> str:
     return hasher.hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """``data.io.atomic_write_bytes`` (old file or new, never half; an ordinary write's
-    permissions), then the folder is synced too, so the rename itself survives a power cut."""
-    write_bytes_atomically(path, data)
-    _fsync_dir(Path(path).parent)
-
-
 # The networks' weights: a checkpoint never holds a NaN or an infinity in any of them.
 WEIGHT_KEYS = ("G", "D", "ema")
 
@@ -96,7 +89,7 @@ def save_checkpoint(path: Path, payload: dict[str, Any], *, keep_previous: bool 
             os.unlink(tmp_link)
         os.link(path, tmp_link)
         os.replace(tmp_link, previous)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic.write_bytes(path, buffer.getvalue())
 
 
 def _non_finite_tensor(weights: Any) -> str | None:
@@ -167,17 +160,3 @@ def load_latest(path: Path, map_location: str | torch.device = "cpu") -> tuple[d
             raise
         warnings.warn(f"{error}; falling back to {previous.name}", stacklevel=2)
         return load_checkpoint(previous, map_location), previous
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (POSIX); harmless where directories cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

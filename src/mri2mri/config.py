@@ -273,9 +273,9 @@ class RunConfig:
 
     def save(self, path: Path) -> None:
         """Write the configuration as JSON, atomically (a crash leaves the old file or the new)."""
-        from mri2mri.data.io import atomic_write_text
+        from mri2mri.atomic import write_text
 
-        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+        write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> RunConfig:

@@ -33,8 +33,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from mri2mri import __version__, modelcard
+from mri2mri import __version__, atomic, modelcard
 from mri2mri.config import RunConfig
+from mri2mri.contrast import run_folder_of, source_reference_of
 from mri2mri.data.io import check_writable_output
 from mri2mri.errors import ConfigError, DataError
 from mri2mri.inference import load_generator
@@ -45,10 +46,7 @@ from mri2mri.predict import (
     META_CONFIG,
     META_PREFIX,
     META_REFERENCE,
-    atomic_save,
     file_sha256,
-    run_folder_of,
-    source_reference_of,
 )
 from mri2mri.runfolder import find_checkpoint
 
@@ -102,11 +100,7 @@ def export_model(
             files=[p for p in written if p.parent == card.parent], source_reference=reference,
             exporter=EXPORTER if onnx_path else "",
         )  # fmt: skip
-        written.append(
-            atomic_save(
-                card, ".md", lambda tmp, text=text: Path(tmp).write_text(text, encoding="utf-8")
-            )
-        )
+        written.append(atomic.write_text(card, text))
     return written
 
 
@@ -153,7 +147,7 @@ def export_onnx(G: nn.Module, config: RunConfig, path: Path, metadata: dict[str,
         )  # fmt: skip
     model = program.model_proto
     onnx.helper.set_model_props(model, metadata)
-    atomic_save(path, ".onnx", lambda tmp: onnx.save_model(model, tmp, save_as_external_data=False))
+    atomic.save_atomically(path, lambda tmp: onnx.save_model(model, tmp, save_as_external_data=False), suffix=".onnx")
     check_onnx_parity(
         G,
         path,
@@ -184,7 +178,7 @@ def export_safetensors(G: nn.Module, path: Path, metadata: dict[str, str]) -> Pa
     from safetensors.torch import save_file
 
     tensors = {name: value.detach().cpu().contiguous() for name, value in G.state_dict().items()}
-    return atomic_save(path, ".safetensors", lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    return atomic.save_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=metadata), suffix=".safetensors")
 
 
 class _quiet_exporter:  # noqa: N801 - used as a context manager, reads like one

@@ -39,9 +39,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -51,7 +49,9 @@ from typing import Any
 import numpy as np
 
 from mri2mri import __version__, portable
+from mri2mri.atomic import save_atomically
 from mri2mri.config import DataConfig, RunConfig, check_int
+from mri2mri.contrast import source_reference_of
 from mri2mri.data.discovery import (
     canonical_contrast,
     canonical_sources,
@@ -62,13 +62,12 @@ from mri2mri.data.geometry import slices_to_volume, square_to_planes
 from mri2mri.data.io import (
     check_writable_folder,
     check_writable_output,
-    default_file_mode,
     is_image_2d,
     is_nifti,
     read_image_2d,
     read_volume,
 )
-from mri2mri.errors import ConfigError, DataError, UserError, first_line
+from mri2mri.errors import ConfigError, DataError, first_line
 
 # (B, C, S, S) float32 in [-1, 1] -> (B, 1, S, S) float32 in [-1, 1]
 Runner = Callable[[np.ndarray], np.ndarray]
@@ -79,8 +78,6 @@ META_CONFIG = META_PREFIX + "config"
 META_REFERENCE = META_PREFIX + "source_reference"
 META_CHECKPOINT = META_PREFIX + "checkpoint"
 # Histograms of at most this many subjects x slices of a cache make the source reference.
-REFERENCE_SUBJECTS = 64
-REFERENCE_SLICES = 24
 INTENSITY_SCALE = "unit: 0..1 = target window (DataConfig.percentiles of target brain voxels)"
 
 
@@ -204,72 +201,6 @@ def load_torch_model(
                      provenance={"checkpoint": path.name, "epoch": payload.get("epoch"),
                                  "weights": "ema" if payload.get("ema") else "G"})  # fmt: skip
     return run, info
-
-
-def run_folder_of(checkpoint: Path) -> Path | None:
-    """``run/`` for ``run/checkpoints/<name>.pth``; None for a checkpoint kept elsewhere."""
-    checkpoint = Path(checkpoint)
-    if checkpoint.is_dir():
-        return checkpoint
-    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
-
-
-def source_reference_of(checkpoint: Path, config: RunConfig, payload: dict[str, Any]) -> dict[str, Any] | None:
-    """The contrast-check reference saved in the checkpoint, else one made from its run's cache."""
-    reference = payload.get("source_reference")
-    if isinstance(reference, dict):
-        return reference
-    return reference_from_run(run_folder_of(checkpoint), config)
-
-
-def reference_from_run(run_dir: Path | None, config: RunConfig) -> dict[str, Any] | None:
-    """The source reference from the run folder's slice cache (``run/cache``), when it is there."""
-    from mri2mri.data.cache import SliceCache, is_cache
-
-    if run_dir is None or not is_cache(run_dir / "cache"):
-        return None
-    try:
-        return reference_from_cache(SliceCache(run_dir / "cache"), config.data.source, config.data.target)
-    except (UserError, OSError, ValueError, KeyError):
-        return None  # a damaged cache only costs the contrast check, never the prediction
-
-
-def reference_from_cache(
-    cache, contrast: str | tuple[str, ...], target_contrast: str | None = None, channel: int | None = None
-) -> dict[str, Any] | None:
-    """Histograms of the training subjects' normalised brain voxels (a sample of slices): the
-    source's, and the target's too when ``target_contrast`` is given.
-
-    For several source contrasts the reference is the first source's, with ``sources`` holding
-    one reference per contrast (read from that contrast's own slice) for the check of each input."""
-    if not isinstance(contrast, str) and len(contrast) == 1:
-        contrast = contrast[0]
-    if not isinstance(contrast, str):
-        per_source = cache.in_channels // len(contrast)
-        context = (per_source - 1) // 2
-        references = {}
-        for k, name in enumerate(contrast):
-            reference = reference_from_cache(cache, name, target_contrast, channel=k * per_source + context)
-            if reference is None:
-                return None
-            references[canonical_contrast(name)] = reference
-        return {**references[canonical_contrast(contrast[0])], "sources": references}
-    sources, targets = [], []
-    for record in cache.subjects_in("train")[:REFERENCE_SUBJECTS]:
-        start, stop = record.rows
-        if stop <= start:
-            continue
-        rows = np.unique(
-            np.linspace(start, stop - 1, min(REFERENCE_SLICES, stop - start)).astype(int)
-        )
-        mask = np.asarray(cache.mask[rows])
-        histogram = portable.intensity_histogram(np.asarray(cache.source[rows]), mask, channel)
-        if histogram.sum() > 0:
-            sources.append(histogram)
-            targets.append(portable.intensity_histogram(np.asarray(cache.target[rows]), mask))
-    if not sources:
-        return None
-    return portable.source_reference(sources, contrast, targets if target_contrast else None, target_contrast)
 
 
 # --------------------------------------------------------------------------------------------
@@ -811,7 +742,7 @@ def write_synthetic_nifti(
         nib.nifti1.Nifti1Extension(6, json.dumps(provenance, default=str).encode("utf-8"))
     )
     suffix = ".nii.gz" if str(path).lower().endswith(".gz") else ".nii"
-    return atomic_save(Path(path), suffix, lambda tmp: nib.save(image, tmp), replace=overwrite)
+    return save_atomically(Path(path), lambda tmp: nib.save(image, tmp), suffix=suffix, replace=overwrite)
 
 
 def write_image_16bit(path: Path, image01: np.ndarray, *, overwrite: bool = True) -> Path:
@@ -821,35 +752,10 @@ def write_image_16bit(path: Path, image01: np.ndarray, *, overwrite: bool = True
     values = np.round(np.clip(image01, 0.0, 1.0) * 65535.0).astype(np.uint16)
     path = Path(path)
     image_format = "PNG" if path.suffix.lower() == ".png" else "TIFF"
-    return atomic_save(
-        path, path.suffix, lambda tmp: Image.fromarray(values).save(tmp, format=image_format),
+    return save_atomically(
+        path, lambda tmp: Image.fromarray(values).save(tmp, format=image_format), suffix=path.suffix,
         replace=overwrite,
     )
-
-
-def atomic_save(path: Path, suffix: str, save: Callable[[str], Any], *, replace: bool = True) -> Path:
-    """Save to a temporary file beside ``path`` and rename it into place; no partial output.
-
-    With ``replace=False`` the file is linked into place only if ``path`` does not exist at that
-    moment (an atomic create-exclusive): of two runs writing one output, the second is refused
-    instead of both saying "wrote". The file gets the permissions of an ordinary write.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(handle)
-    try:
-        save(tmp_name)
-        os.chmod(tmp_name, default_file_mode())  # mkstemp's 0600 is for the temporary file only
-        if replace:
-            os.replace(tmp_name, path)
-        else:
-            try:
-                os.link(tmp_name, path)
-            except FileExistsError:
-                raise DataError(f"{path}: was created by another process meanwhile; pass --overwrite to replace it") from None
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
-    return path
 
 
 def file_sha256(path: Path) -> str:

@@ -1,24 +1,45 @@
-"""The paths of a run folder, and the lock that keeps two trainings out of one folder.
+"""The run folder: every file a run writes, its name, and how it is read and written.
 
 ::
 
     outputs/<run>/
-      config.json  history.csv  run_summary.json  metrics.json  test_metrics.csv  report.html
+      config.json  split.json  history.csv  run_summary.json  .lock      (train)
+      metrics.json  test_metrics.csv  predictions_preview.npz  viewer/  (test)
+      report.html                                                       (report)
+      cache/  test_cache/                                               (slices prepared on the fly)
       checkpoints/<run>_last.pth  <run>_last_prev.pth  <run>_best.pth
-      figures/loss_curve.png  figures/validation_curves.png  figures/test_visualization_NN.png
+      figures/loss_curve.png  validation_curves.png  test_visualization_NN.png  test_grid.png
+
+No other module spells these names: they go through :class:`RunFolder`, whose readers raise one
+:class:`~mri2mri.errors.DataError` naming the file for anything missing or unreadable.
 """
 
 from __future__ import annotations
 
+import csv
 import errno
+import io
+import json
 import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from mri2mri.errors import UserError
+import numpy as np
+
+from mri2mri import atomic
+from mri2mri.config import DEFAULT_RUN_NAME
+from mri2mri.errors import DataError, UserError
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+# The columns of history.csv, one row per epoch.
+HISTORY_COLUMNS = (
+    "epoch", "loss_G", "loss_D", "loss_L1", "val_L1", "val_PSNR", "val_SSIM",
+    "seconds", "images_per_s", "skipped_steps",
+)  # fmt: skip
 
 
 def check_safe_name(name: str, what: str = "run name") -> str:
@@ -28,17 +49,44 @@ def check_safe_name(name: str, what: str = "run name") -> str:
     return name
 
 
+def read_json(path: Path | str, *, what: str = "JSON file") -> Any:
+    """The content of a JSON file; DataError naming the file when it is missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise DataError(f"{path}: unreadable {what} ({error})") from None
+
+
+def read_json_object(path: Path | str, *, what: str = "JSON file") -> dict[str, Any]:
+    """:func:`read_json` that also requires a JSON object."""
+    payload = read_json(path, what=what)
+    if not isinstance(payload, dict):
+        raise DataError(f"{path}: not a {what} (expected a JSON object)")
+    return payload
+
+
 @dataclass(frozen=True)
 class RunFolder:
+    """The files of one run. ``run_name`` names the checkpoints (``<run>_best.pth``)."""
+
     root: Path
-    run_name: str
+    run_name: str = DEFAULT_RUN_NAME
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
         check_safe_name(self.run_name)
 
+    # -- what training writes ----------------------------------------------------------------
     @property
     def config(self) -> Path:
         return self.root / "config.json"
+
+    @property
+    def split(self) -> Path:
+        return self.root / "split.json"
 
     @property
     def history(self) -> Path:
@@ -47,6 +95,10 @@ class RunFolder:
     @property
     def summary(self) -> Path:
         return self.root / "run_summary.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
 
     @property
     def checkpoints(self) -> Path:
@@ -65,20 +117,54 @@ class RunFolder:
         return self.root / "figures"
 
     @property
+    def loss_curve(self) -> Path:
+        return self.figures / "loss_curve.png"
+
+    @property
+    def validation_curves(self) -> Path:
+        return self.figures / "validation_curves.png"
+
+    # -- slices prepared on the fly ----------------------------------------------------------
+    @property
+    def cache(self) -> Path:
+        """The training slices when ``train`` was given raw data."""
+        return self.root / "cache"
+
+    @property
+    def test_cache(self) -> Path:
+        """Slices ``test`` prepared from other data (the run's own cache is never replaced)."""
+        return self.root / "test_cache"
+
+    # -- what test and report write ----------------------------------------------------------
+    @property
     def metrics(self) -> Path:
         return self.root / "metrics.json"
+
+    @property
+    def test_metrics(self) -> Path:
+        return self.root / "test_metrics.csv"
+
+    @property
+    def preview(self) -> Path:
+        return self.root / "predictions_preview.npz"
+
+    @property
+    def viewer(self) -> Path:
+        return self.root / "viewer"
 
     @property
     def report(self) -> Path:
         return self.root / "report.html"
 
-    @property
-    def lock(self) -> Path:
-        return self.root / ".lock"
+    def test_figure(self, number: int) -> Path:
+        return self.figures / f"test_visualization_{number:02d}.png"
+
+    def test_figures(self) -> list[Path]:
+        return sorted(self.figures.glob("test_visualization_*.png"))
 
     @property
-    def split(self) -> Path:
-        return self.root / "split.json"
+    def test_grid(self) -> Path:
+        return self.figures / "test_grid.png"
 
     def make(self) -> RunFolder:
         self.checkpoints.mkdir(parents=True, exist_ok=True)
@@ -89,31 +175,125 @@ class RunFolder:
             leftover.unlink(missing_ok=True)
         return self
 
+    # -- JSON ----------------------------------------------------------------------------------
+    def read_config(self) -> dict[str, Any]:
+        """config.json as a dict (``RunConfig.from_dict`` makes it typed)."""
+        return read_json_object(self.config, what="run configuration")
+
+    def read_metrics(self) -> dict[str, Any]:
+        return read_json_object(self.metrics, what="test metrics (run `mri2mri test` first)")
+
+    def write_metrics(self, payload: Mapping[str, Any]) -> None:
+        atomic.write_json(self.metrics, payload)
+
+    def read_summary(self) -> dict[str, Any] | None:
+        """run_summary.json, or None when training has not finished yet."""
+        return read_json_object(self.summary, what="run summary") if self.summary.is_file() else None
+
+    def write_summary(self, payload: Mapping[str, Any]) -> None:
+        atomic.write_json(self.summary, payload)
+
+    def read_split(self) -> dict[str, list[str]] | None:
+        """The subject split the run trained with (its own copy, else its cache's); None if neither."""
+        for candidate in (self.split, self.cache / "split.json"):
+            if candidate.is_file():
+                return read_split_file(candidate)
+        return None
+
+    def trained_subjects(self) -> list[str] | None:
+        """The subjects the run trained on; None when it recorded no split."""
+        split = self.read_split()
+        return None if split is None else split.get("train", [])
+
+    def keep_split_of(self, cache_dir: Path) -> None:
+        """Keep the cache's subject split in the run folder, written when training starts (so a
+        run stopped early has it too): ``test`` refuses to score the subjects a run trained on."""
+        source = Path(cache_dir) / "split.json"
+        if source.is_file():
+            atomic.write_bytes(self.split, source.read_bytes())
+
+    # -- history.csv -----------------------------------------------------------------------------
+    def start_history(self, rows: Iterable[Mapping[str, Any]] = ()) -> None:
+        """A history with these rows only (whole or not at all: a crash here loses no row)."""
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic.write_text(self.history, buffer.getvalue())
+
+    def append_history(self, row: Mapping[str, Any]) -> None:
+        with open(self.history, "a", newline="", encoding="utf-8") as handle:
+            csv.DictWriter(handle, fieldnames=HISTORY_COLUMNS, lineterminator="\n").writerow(
+                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+            )
+
+    def truncate_history(self, epochs_done: int) -> None:
+        """Drop rows of epochs after the checkpoint, so a resumed run's history has no duplicates."""
+        rows = self.history_rows() if self.history.exists() else []
+        self.start_history(r for r in rows if r.get("epoch") and int(r["epoch"]) <= epochs_done)
+
+    def history_rows(self) -> list[dict[str, str]]:
+        """history.csv as its rows of text."""
+        return read_history_rows(self.history)
+
+    # -- test outputs -----------------------------------------------------------------------------
+    def write_test_metrics(self, columns: list[str], rows: Iterable[list[Any]]) -> None:
+        """One row per slice and method: the first three cells as text, the rest as numbers."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\r\n")
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([*row[:3], *(format(float(v), ".8g") for v in row[3:])])
+        atomic.write_text(self.test_metrics, buffer.getvalue())
+
+    def write_preview(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """A few test slices (source, target, prediction, baseline, mask), so ``compare`` needs
+        no model."""
+        def save(tmp: str) -> None:
+            with open(tmp, "wb") as handle:
+                np.savez_compressed(handle, **arrays)
+
+        atomic.save_atomically(self.preview, save, suffix=".npz")
+
+    def read_preview(self) -> dict[str, np.ndarray]:
+        """The arrays of predictions_preview.npz: subject (k,), slice_index (k,) and images
+        (k, H, W) in [0, 1]: source (central channel), target, prediction (the model's raw
+        output), intensity_map (the baseline, zero outside the brain mask) and mask."""
+        try:
+            with np.load(self.preview) as data:
+                return {name: data[name] for name in data.files}
+        except (OSError, ValueError) as error:
+            raise DataError(f"{self.preview}: unreadable predictions preview ({error})") from None
+
+
+def read_split_file(path: Path) -> dict[str, list[str]]:
+    """A split.json (a run's or a cache's): lists of subject ids per split."""
+    payload = read_json_object(path, what="split")
+    if not all(isinstance(value, list) for value in payload.values()):
+        raise DataError(f"{path}: not a split (expected lists of subject ids)")
+    return {str(name): [str(subject) for subject in value] for name, value in payload.items()}
+
+
+def read_history_rows(path: Path) -> list[dict[str, str]]:
+    """A history.csv as its rows of text; DataError when it cannot be read."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{path}: unreadable history ({error})") from None
+
 
 def write_split(cache_dir: Path, run_dir: Path) -> None:
-    """Keep the cache's subject split in the run folder, written when training starts (so a run
-    stopped early has it too): `test` refuses to score the subjects a run trained on."""
-    from mri2mri.data.io import atomic_write_bytes
-
-    source = Path(cache_dir) / "split.json"
-    if source.is_file():
-        atomic_write_bytes(Path(run_dir) / "split.json", source.read_bytes())
+    """:meth:`RunFolder.keep_split_of` for a run folder given by its path."""
+    RunFolder(Path(run_dir)).keep_split_of(cache_dir)
 
 
 def read_trained_subjects(split_file: Path) -> list[str] | None:
     """The train subjects of a split.json (a run's or a cache's); None when there is no file."""
-    import json
-
     split_file = Path(split_file)
     if not split_file.is_file():
         return None
-    try:
-        payload = json.loads(split_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise UserError(f"{split_file}: not a readable split ({error})") from None
-    if not isinstance(payload, dict) or not isinstance(payload.get("train", []), list):
-        raise UserError(f"{split_file}: not a split (expected lists of subject ids)")
-    return [str(subject) for subject in payload.get("train", [])]
+    return read_split_file(split_file).get("train", [])
 
 
 def find_checkpoint(run_dir: Path, which: str = "best") -> Path:
@@ -169,8 +349,6 @@ def check_run_folder_location(run_dir: Path, data: Path) -> None:
 
 
 def _is_run_config(path: Path) -> bool:
-    import json
-
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):

@@ -40,16 +40,16 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from mri2mri import losses
+from mri2mri.atomic import write_text
 from mri2mri.baselines import IntensityMap
 from mri2mri.checkpoint import has_checkpoint, load_latest, save_checkpoint
 from mri2mri.config import RunConfig, replace
+from mri2mri.contrast import reference_from_cache
 from mri2mri.data.cache import SliceCache
 from mri2mri.data.dataset import Sample, SliceDataset, to_unit_range
-from mri2mri.data.io import atomic_write_text
 from mri2mri.errors import ConfigError, UserError, first_line
 from mri2mri.models import build_discriminator, build_generator, check_image_size, count_parameters
 from mri2mri.models.residual import TABLE_BINS, TableResidual
-from mri2mri.predict import reference_from_cache
 from mri2mri.runfolder import RunFolder, RunLock, find_checkpoint, write_split
 from mri2mri.runtime import (
     Runtime,
@@ -886,7 +886,7 @@ def _history_text(rows: list[dict[str, Any]]) -> str:
 
 
 def _start_history(path: Path) -> None:
-    atomic_write_text(path, _history_text([]))
+    write_text(path, _history_text([]))
 
 
 def _append_history(path: Path, row: dict[str, Any]) -> None:
@@ -903,7 +903,7 @@ def _truncate_history(path: Path, epochs_done: int) -> None:
         return
     with open(path, newline="", encoding="utf-8") as handle:
         rows = [r for r in csv.DictReader(handle) if r.get("epoch") and int(r["epoch"]) <= epochs_done]
-    atomic_write_text(path, _history_text(rows))  # whole or not at all: a crash here loses no row
+    write_text(path, _history_text(rows))  # whole or not at all: a crash here loses no row
 
 
 def read_history(path: Path) -> list[dict[str, str]]:

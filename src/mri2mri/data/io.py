@@ -13,7 +13,6 @@ geometry is converted to the RAS affine that NIfTI uses.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 import warnings
@@ -161,43 +160,11 @@ def canonical_to_original(array: np.ndarray, original_affine: np.ndarray) -> np.
 # Writing files whole
 
 
-def default_file_mode() -> int:
-    """The permissions an ordinary ``open(path, "w")`` would give a new file (0o666 less the
-    umask); temporary files start at 0o600 and must be widened to this before the rename."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def default_dir_mode() -> int:
     """The permissions ``os.mkdir`` would give a new folder (0o777 less the umask)."""
     mask = os.umask(0)
     os.umask(mask)
     return 0o777 & ~mask
-
-
-def atomic_write_bytes(path: Path | str, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half;
-    the new file gets the permissions of an ordinary write."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, default_file_mode())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
-
-
-def atomic_write_text(path: Path | str, text: str) -> None:
-    """UTF-8 text written like :func:`atomic_write_bytes`."""
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def check_writable_output(path: Path | str, what: str = "output") -> None:
