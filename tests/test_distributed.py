@@ -20,7 +20,8 @@ from conftest import tiny_config
 from mri2mri.checkpoint import load_checkpoint
 from mri2mri.config import RunConfig, replace
 from mri2mri.models import build_generator
-from mri2mri.training import read_history, train
+from mri2mri.runfolder import read_history_rows
+from mri2mri.training import train
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -102,14 +103,14 @@ def test_two_processes_train_like_one_and_resume_with_one(tiny_cache, tmp_path):
     _train_two_processes(config, tiny_cache, [ddp, rank1_folder])
     assert not rank1_folder.exists() or not any(rank1_folder.iterdir())
     assert _files(ddp) == _files(single)
-    assert [row["epoch"] for row in read_history(ddp / "history.csv")] == ["1"]
+    assert [row["epoch"] for row in read_history_rows(ddp / "history.csv")] == ["1"]
     _assert_same_weights(single, ddp)
 
     # The two-process run resumes with one process and continues the same global batches.
     train(two_epochs, tiny_cache, single, resume=True, progress=False)
     result = train(two_epochs, tiny_cache, ddp, resume=True, progress=False)
     assert (result.epochs_done, result.global_step) == (2, 6)
-    assert [row["epoch"] for row in read_history(ddp / "history.csv")] == ["1", "2"]
+    assert [row["epoch"] for row in read_history_rows(ddp / "history.csv")] == ["1", "2"]
     _assert_same_weights(single, ddp)
 
 

@@ -195,6 +195,19 @@ def test_ssim_loss_is_float32_under_autocast():
     assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
 
 
+def test_ssim_loss_is_the_test_metric_and_differentiable():
+    """One SSIM: the loss is 1 - the metric's whole-image SSIM on [0, 1], and gradients flow."""
+    from mri2mri import metrics
+
+    real = torch.rand(2, 1, 40, 36) * 2 - 1
+    fake = (real + 0.3 * torch.randn_like(real)).clamp(-1, 1).requires_grad_(True)
+    loss = ssim_loss(fake, real)
+    expected = 1.0 - metrics.ssim((fake.detach() + 1) / 2, (real + 1) / 2).mean()
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
+    loss.backward()
+    assert fake.grad is not None and torch.isfinite(fake.grad).all() and fake.grad.abs().sum() > 0
+
+
 def test_ssim_loss_rejects_mismatched_or_tiny_images():
     with pytest.raises(ValueError):
         ssim_loss(torch.zeros(1, 1, 16, 16), torch.zeros(1, 1, 16, 17))

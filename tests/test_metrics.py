@@ -165,3 +165,32 @@ def test_ssim_is_differentiable_and_matches_without_gradients():
     with_grad.sum().backward()
     assert leaf.grad is not None and torch.isfinite(leaf.grad).all() and leaf.grad.abs().sum() > 0
     torch.testing.assert_close(with_grad.detach(), metrics.ssim(_t(pred), _t(target), _t(mask)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry: a metric is declared once, and everything else follows it.
+
+
+def test_every_metric_is_declared_once_with_labels_in_both_languages():
+    from mri2mri import text
+
+    names = [metric.name for metric in metrics.METRICS]
+    assert len(set(names)) == len(names) and tuple(names) == metrics.METRIC_NAMES
+    for lang in text.LANGS:
+        assert set(text.METRIC_LABELS[lang]) == {*names, metrics.VOLUME_METRIC}
+    assert set(metrics.DIGITS) == set(metrics.HIGHER_IS_BETTER) == {*names, metrics.VOLUME_METRIC}
+    for selection in (metrics.COMPARISON_METRICS, metrics.CARD_METRICS, metrics.VIEWER_METRICS):
+        assert set(selection) <= set(metrics.DIGITS)
+
+
+def test_image_metrics_computes_every_registered_metric():
+    pred, target, mask = _random_batch(7)
+    values = metrics.image_metrics(_t(pred), _t(target), _t(mask))
+    assert tuple(values) == metrics.METRIC_NAMES
+    assert all(value.shape == (3,) for value in values.values())
+    # The registry's direction agrees with the values: a perfect prediction is never worse.
+    perfect = metrics.image_metrics(_t(target), _t(target), _t(mask))
+    for metric in metrics.METRICS:
+        better = perfect[metric.name] >= values[metric.name] if metric.higher_is_better else \
+            perfect[metric.name] <= values[metric.name]
+        assert bool(better.all()), metric.name

@@ -304,3 +304,4 @@ def test_count_parameters_trainable_only():
     frozen = sum(p.numel() for p in generator.decoder.parameters())
     assert count_parameters(generator, trainable_only=True) == total - frozen
     assert count_parameters(generator) == total
+

@@ -12,8 +12,10 @@ import torch
 from conftest import write_tiny_cache
 
 from mri2mri.checkpoint import save_checkpoint
+from mri2mri.cli import build_parser
 from mri2mri.cli import main as cli_main
 from mri2mri.config import (
+    AugmentationConfig,
     DataConfig,
     ModelConfig,
     RunConfig,
@@ -21,6 +23,7 @@ from mri2mri.config import (
 )
 from mri2mri.errors import ConfigError
 from mri2mri.models import build_generator
+from mri2mri.options import PARTS, cli_fields, config_from_args, flag_of
 
 # Options shared by `train` and `prepare` (the data options).
 DATA_OPTIONS = [
@@ -45,7 +48,10 @@ TRAIN_OPTIONS = [
     ("--seed", "-1"), ("--num-workers", "-1"),
     ("--time-budget", "nan"), ("--time-budget", "-1"), ("--time-budget", "0"),
     ("--max-steps-per-epoch", "0"), ("--max-bad-steps", "0"), ("--checkpoint-every", "-1"),
-    ("--precision", "fp64"),
+    ("--precision", "fp64"), ("--beta2", "1"),
+    ("--augment-flip-probability", "1.5"), ("--augment-curve-probability", "-0.1"),
+    ("--augment-degrees", "-1"), ("--augment-noise-std", "nan"), ("--augment-curve-knots", "0"),
+    ("--augment-curve-strength", "1"),
 ]  # fmt: skip
 
 PREDICT_OPTIONS = [("--batch-size", "0"), ("--batch-size", "-3"), ("--precision", "fp8"),
@@ -140,3 +146,72 @@ def test_an_empty_saved_configuration_is_one_line_on_resume(inputs, tmp_path, ca
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "config.json" in err
     assert sorted(p.name for p in run.iterdir()) == ["config.json"]
+
+
+# Values a string option needs to be valid; any other string option takes an arbitrary name.
+_VALID_STRINGS = {"precision": "fp32", "device": "cpu", "source": "T1c,FLAIR", "target": "PD"}
+
+
+def _other_value(field, default) -> list[str]:
+    """Command-line words that set ``field`` to something other than its default."""
+    kind = str(field.type).replace(" ", "")
+    choices = field.metadata["cli"].get("choices") if field.metadata.get("cli") else None
+    if choices:
+        return [next(choice for choice in choices if choice != default)]
+    if kind == "bool":
+        return [] if default else [None]  # the flag alone turns it on; --no-x turns it off
+    if kind.startswith("tuple["):
+        return ["1", "99"]
+    if kind.startswith("int"):
+        return [str((default or 2) + 1)]
+    if kind.startswith("float"):
+        return [str(default / 2 if default else 0.25)]
+    return [_VALID_STRINGS.get(field.name, f"custom-{field.name}")]
+
+
+def test_every_configuration_field_is_a_train_flag_and_reaches_config_json(tmp_path):
+    """The flags are derived from the dataclasses: each field of the run configuration that is
+    not internal is a `train` option; setting it on the command line reaches the configuration
+    and survives config.json."""
+    argv, expected = ["train", "data"], {}
+    for part, (kind, prefix) in PARTS.items():
+        for field in cli_fields(kind):
+            default = getattr(kind(), field.name)
+            words = _other_value(field, default)
+            flag = flag_of(field, prefix)
+            if words == []:
+                argv.append("--no-" + flag[2:])
+            elif words == [None]:
+                argv.append(flag)
+            else:
+                argv += [flag, *words]
+            expected[(part, field.name)] = default
+    args = build_parser().parse_args(argv)
+    config = config_from_args(args, image_size=64)
+    for (part, name), default in expected.items():
+        if name != "image_size":
+            assert getattr(getattr(config, part), name) != default, f"{part}.{name} kept its default"
+    config.save(tmp_path / "config.json")
+    assert RunConfig.load(tmp_path / "config.json") == config
+    assert config.model.in_channels == config.data.in_channels == 2 * 7  # two sources, 3 context slices a side
+
+
+def test_presets_live_with_the_configuration():
+    from mri2mri.config import PRESETS, preset_config
+
+    pix2pix = preset_config("pix2pix")
+    assert (pix2pix.model.generator, pix2pix.model.base_channels, pix2pix.train.gan_loss) == ("unet256", 64, "bce")
+    assert pix2pix.data.augment is False and pix2pix.model.residual == "none"
+    # An option chosen explicitly wins over the preset's value.
+    mine = RunConfig(model=ModelConfig(base_channels=16))
+    assert preset_config("pix2pix", mine).model.base_channels == 16
+    with pytest.raises(ConfigError, match="unknown preset"):
+        preset_config("vnet")
+    assert set(PRESETS) == {"report-basic", "report-unet", "pix2pix"}
+
+
+def test_a_configuration_saved_before_augmentation_was_recorded_loads_with_the_old_settings(tmp_path):
+    saved = RunConfig().to_dict()
+    del saved["augmentation"]
+    (tmp_path / "config.json").write_text(__import__("json").dumps(saved))
+    assert RunConfig.load(tmp_path / "config.json").augmentation == AugmentationConfig()

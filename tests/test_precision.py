@@ -76,7 +76,7 @@ def test_channels_last_reaches_the_network():
 
 
 def test_resumed_optimizer_state_follows_the_parameters_memory_format():
-    from mri2mri.training import _match_parameter_layouts
+    from mri2mri.training.state import _match_parameter_layouts
 
     torch.manual_seed(0)
     weight, grad = torch.randn(8, 4, 3, 3), torch.randn(8, 4, 3, 3)

@@ -132,7 +132,7 @@ def test_run_report_errors(tmp_path):
     with pytest.raises(DataError, match="run folder not found"):
         report.write_run_report(tmp_path / "absent")
     (tmp_path / "metrics.json").write_text("{not json")
-    with pytest.raises(DataError, match="metrics.json: cannot read JSON"):
+    with pytest.raises(DataError, match="metrics.json: unreadable test metrics"):
         report.write_run_report(tmp_path)
 
 
@@ -145,6 +145,25 @@ def test_comparison_report(tmp_path):
     assert len(IMG_SRC.findall(page)) == 1
     fallback = report.markdown_table_to_html("no table here <x>")
     assert fallback == "<pre>no table here &lt;x&gt;</pre>"
+
+
+SOURCE = Path(__file__).resolve().parents[1] / "src" / "mri2mri"
+
+
+def test_only_the_text_module_holds_chinese():
+    cjk = re.compile(r"[\u4e00-\u9fff]")
+    holding = sorted(str(p.relative_to(SOURCE)) for p in SOURCE.rglob("*.py") if cjk.search(p.read_text("utf-8")))
+    assert holding == ["text.py"]
+
+
+def test_run_folder_file_names_are_spelled_by_the_run_folder_only():
+    names = ("metrics.json", "history.csv", "predictions_preview.npz", "run_summary.json", "config.json",
+             "split.json", "test_metrics.csv", "report.html", "cache.json", '/ "figures"', '/ "viewer"')
+    modules = [*(SOURCE / "evaluation").glob("*.py"), *(SOURCE / "report").glob("*.py"),
+               SOURCE / "compare.py", SOURCE / "modelcard.py"]
+    for module in modules:
+        source = module.read_text("utf-8")
+        assert not [name for name in names if name in source], module.name
 
 
 # --- a real browser ---------------------------------------------------------------------------

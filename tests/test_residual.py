@@ -17,7 +17,8 @@ from mri2mri.models import build_generator
 from mri2mri.models.residual import TABLE_BINS, TableResidual
 from mri2mri.runfolder import find_checkpoint
 from mri2mri.runtime import Runtime
-from mri2mri.training import _warm_start, build_networks, train
+from mri2mri.training import build_networks, train
+from mri2mri.training.networks import _warm_start
 
 
 def residual_config(**train_changes) -> RunConfig:

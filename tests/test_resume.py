@@ -12,8 +12,7 @@ import torch
 from conftest import tiny_config
 
 from mri2mri.checkpoint import load_checkpoint
-from mri2mri.cli import PRESETS
-from mri2mri.config import RunConfig, replace
+from mri2mri.config import PRESETS, RunConfig, replace
 from mri2mri.training import train
 
 RUN = "gan_t1_to_t2"

@@ -11,14 +11,13 @@ from conftest import tiny_config
 from mri2mri.checkpoint import load_checkpoint
 from mri2mri.config import replace
 from mri2mri.errors import UserError
-from mri2mri.runfolder import RunLock
+from mri2mri.runfolder import RunLock, read_history_rows
 from mri2mri.runtime import Runtime
 from mri2mri.training import (
     TrainingStopped,
     build_networks,
     epoch_batches,
     gan_step,
-    read_history,
     train,
 )
 
@@ -133,7 +132,7 @@ def test_training_writes_the_run_folder(tiny_cache, tmp_path):
     run = tmp_path / "run"
     result = train(tiny_config(), tiny_cache, run, progress=False)
     assert result.epochs_done == 2
-    history = read_history(run / "history.csv")
+    history = read_history_rows(run / "history.csv")
     assert [int(r["epoch"]) for r in history] == [1, 2]
     assert {"loss_G", "loss_D", "loss_L1", "val_L1", "val_PSNR", "val_SSIM"} <= set(history[0])
     assert float(history[0]["val_PSNR"]) > 0
@@ -158,7 +157,7 @@ def test_resume_at_an_epoch_boundary_equals_an_uninterrupted_run(tiny_cache, tmp
     straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
-    assert [r["epoch"] for r in read_history(tmp_path / "split" / "history.csv")] == ["1", "2", "3"]
+    assert [r["epoch"] for r in read_history_rows(tmp_path / "split" / "history.csv")] == ["1", "2", "3"]
 
 
 def test_time_budget_stops_mid_epoch_and_resume_is_exact(tiny_cache, tmp_path):
@@ -210,7 +209,7 @@ def test_a_run_name_cannot_write_outside_the_run_folder(tiny_cache, tmp_path, na
 
 @pytest.mark.parametrize("fast_bf16", [False, True])
 def test_the_start_line_says_what_trains_where(monkeypatch, fast_bf16):
-    from mri2mri import training as training_module
+    from mri2mri.training import loop as training_module
 
     monkeypatch.setattr(training_module, "cpu_has_fast_bf16", lambda: fast_bf16)
     config = tiny_config()

@@ -6,6 +6,7 @@ import html
 import json
 import re
 import subprocess
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,9 @@ def negated(source: torch.Tensor) -> torch.Tensor:
 def make_tested_run(root: Path) -> Path:
     cache = write_tiny_cache(root / "cache", slices=SLICES, splits=("train", "train", "val", "test", "test"))
     out = root / "run"
-    evaluate(negated, cache, out, progress=False)
+    with warnings.catch_warnings():  # the stand-in model is not meant to beat the baseline
+        warnings.filterwarnings("ignore", "model does not beat", UserWarning)
+        evaluate(negated, cache, out, progress=False)
     report.write_run_report(out)
     return out
 

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mri2mri import __version__
+from mri2mri import __version__, atomic, console
+from mri2mri.data.formats import NIFTI_SUFFIXES
 from mri2mri.errors import DataError
 
 BIDS_VERSION = "1.9.0"
@@ -72,7 +72,7 @@ def suffix_of(contrast: str) -> tuple[str, str | None]:
 
 def parse_name(name: str) -> tuple[dict[str, str], str, str] | None:
     """``sub-01_ses-1_T1w.nii.gz`` -> ({"sub": "01", "ses": "1"}, "T1w", ".nii.gz"); None when not BIDS."""
-    for extension in (".nii.gz", ".nii"):
+    for extension in sorted(NIFTI_SUFFIXES, key=len, reverse=True):
         if name.endswith(extension):
             stem = name[: -len(extension)]
             break
@@ -143,7 +143,7 @@ def dataset_description(root: Path, target: str) -> dict[str, Any]:
 
 def sidecar(item: BidsInput, info: Any, checkpoint_sha256: str, uncertainty: str | None) -> dict[str, Any]:
     """The JSON sidecar of one synthetic image."""
-    from mri2mri.predict import INTENSITY_SCALE
+    from mri2mri.predict.outputs import INTENSITY_SCALE
 
     payload = {
         "Description": f"synthetic {info.data.target} image synthesised from the {info.data.source} "
@@ -195,10 +195,10 @@ def predict_bids(
     """
     from mri2mri.predict import (
         Job,
-        _check_output,
-        _predict_one,
+        check_output,
         file_sha256,
         load_model,
+        predict_job,
         uncertainty_path,
     )
 
@@ -229,7 +229,7 @@ def predict_bids(
     jobs = [Job(i.path, i.output, "volume", "nifti", uncertainty_path(i.output) if uncertainty else None)
             for i in items]  # fmt: skip
     for job, item in zip(jobs, items, strict=True):
-        _check_output(job, overwrite)
+        check_output(job, overwrite)
         if item.sidecar.exists() and not overwrite:
             raise DataError(f"{item.sidecar}: exists; pass --overwrite to replace it")
     written = [write_description(out, root, info.data.target, overwrite)]
@@ -237,13 +237,13 @@ def predict_bids(
     failures = []
     for job, item in zip(jobs, items, strict=True):
         try:
-            files = _predict_one(run, info, job, batch_size, uncertainty_passes, overwrite)
+            files = predict_job(run, info, job, batch_size, uncertainty_passes, overwrite)
         except DataError as error:
             failures.append(str(error))
-            print(f"error: {error}; skipped", file=sys.stderr, flush=True)
+            console.skipped(error)
             continue
         spread = job.uncertainty.name if job.uncertainty is not None else None
-        item.sidecar.write_text(json.dumps(sidecar(item, info, digest, spread), indent=2) + "\n", "utf-8")
+        atomic.write_text(item.sidecar, json.dumps(sidecar(item, info, digest, spread), indent=2) + "\n")
         written += [*files, item.sidecar]
     if failures:
         raise DataError(f"{root}: {len(failures)} of {len(jobs)} inputs failed (first: {failures[0]})")
@@ -262,5 +262,5 @@ def write_description(out: Path, root: Path, target: str, overwrite: bool) -> Pa
         if "mri2mri" not in names:
             raise DataError(f"{path}: exists and was not made by mri2mri; pass --overwrite to replace it")
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(dataset_description(root, target), indent=2) + "\n", "utf-8")
+    atomic.write_text(path, json.dumps(dataset_description(root, target), indent=2) + "\n")
     return path

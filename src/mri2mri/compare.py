@@ -1,19 +1,18 @@
 """One table and one figure across training runs scored on the same test set.
 
-Each run folder must hold what training and ``evaluate`` write: ``config.json``,
-``metrics.json``, ``history.csv``, ``predictions_preview.npz`` and (normally)
-``run_summary.json``. No model is loaded. Runs tested on different slices or different target
-images cannot be ranked against each other, so they are refused.
+Each run folder must hold what training and ``evaluate`` write (:class:`~mri2mri.runfolder.RunFolder`):
+the configuration, the test metrics, the history, the predictions preview and (normally) the
+run summary. No model is loaded. Runs tested on different slices or different target images
+cannot be ranked against each other, so they are refused.
 
 Outputs in ``out_dir``: ``compare.md`` (table and caption), ``compare.csv`` (raw numbers) and
 ``compare.png`` (the same test slice from every run side by side, the intensity-map baseline
-beside them).
+beside them). The metric columns are :data:`mri2mri.metrics.COMPARISON_METRICS`.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,38 +21,18 @@ from typing import Any
 
 import numpy as np
 
-from mri2mri import figures
+from mri2mri import figures, text
 from mri2mri.errors import DataError
-from mri2mri.evaluation import DIGITS, TABLE_HEADERS, caption, format_mean_std, load_preview
+from mri2mri.metrics import COMPARISON_METRICS, DIGITS
+from mri2mri.report.tables import TABLE_HEADERS, caption, format_mean_std
+from mri2mri.runfolder import RunFolder
 
 BASELINE = "intensity-map"
 
-# The run's own columns; the metric columns are evaluation's table headers.
-_RUN_HEADERS = {
-    "en": {
-        "run": "Run", "generator": "Generator", "discriminator": "Discriminator",
-        "gan_loss": "GAN loss", "epochs": "Epochs", "parameters": "Parameters G / D",
-        "train_time": "Training time", "images_per_s": "Images/s",
-    },
-    "zh": {
-        "run": "运行", "generator": "生成器", "discriminator": "判别器", "gan_loss": "GAN 损失",
-        "epochs": "轮次", "parameters": "参数量 G / D", "train_time": "训练时间", "images_per_s": "图像/秒",
-    },
-}
-HEADERS = {lang: {**TABLE_HEADERS[lang], **run_headers} for lang, run_headers in _RUN_HEADERS.items()}
-NOTES = {
-    "en": {
-        "baseline_row": "Last row: the intensity-map baseline (no training, no parameters).",
-        "not_better": "Warning: {run} does not beat the intensity-map baseline on masked PSNR.",
-        "no_summary": "{run}: no run_summary.json; epochs, time and speed taken from history.csv.",
-    },
-    "zh": {
-        "baseline_row": "最后一行：intensity-map 基线（无需训练，无参数）。",
-        "not_better": "警告：{run} 的掩膜 PSNR 未超过 intensity-map 基线。",
-        "no_summary": "{run}：缺少 run_summary.json；轮次、时间与速度取自 history.csv。",
-    },
-}
-TABLE_METRICS = ("psnr_mask", "ssim_mask", "mae_mask", "psnr", "ssim")
+# The run's own columns, then the metric columns of the report's tables.
+HEADERS = {lang: {**TABLE_HEADERS[lang], **text.COMPARE_HEADERS[lang]} for lang in text.LANGS}
+NOTES = text.COMPARE_NOTES
+TABLE_METRICS = COMPARISON_METRICS
 
 
 @dataclass
@@ -69,20 +48,8 @@ class Run:
     preview: dict[str, np.ndarray]
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise DataError(f"{path}: not found (is {path.parent} a finished, tested run folder?)")
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise DataError(f"{path}: unreadable JSON ({error})") from None
-    if not isinstance(payload, dict):
-        raise DataError(f"{path}: expected a JSON object")
-    return payload
-
-
 def _summary_from_history(history_csv: Path) -> dict[str, Any]:
-    """Epochs, training time and speed from history.csv when run_summary.json is missing."""
+    """Epochs, training time and speed from the history when the run summary is missing."""
     history = figures.read_history(history_csv)
     epochs = [e for e in history["epoch"] if math.isfinite(e)]
     seconds = [s for s in history.get("seconds", []) if math.isfinite(s)]
@@ -96,21 +63,19 @@ def _summary_from_history(history_csv: Path) -> dict[str, Any]:
 
 def read_run(folder: Path | str) -> Run:
     """Read one run folder; DataError naming the missing or broken file."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"{folder}: not a run folder")
-    config = _read_json(folder / "config.json")
-    metrics = _read_json(folder / "metrics.json")
+    files = RunFolder(Path(folder))
+    if not files.root.is_dir():
+        raise DataError(f"{files.root}: not a run folder")
+    config = files.read_config()
+    metrics = files.read_metrics()
     if "pooled" not in metrics or "test_set" not in metrics:
-        raise DataError(f"{folder / 'metrics.json'}: not written by `mri2mri test` (no pooled metrics)")
-    history = folder / "history.csv"
-    if not history.is_file():
-        raise DataError(f"{history}: not found (is {folder} a training run folder?)")
-    summary_file = folder / "run_summary.json"
-    from_history = not summary_file.is_file()
-    summary = _summary_from_history(history) if from_history else _read_json(summary_file)
-    preview = load_preview(folder / "predictions_preview.npz")
-    return Run(folder, folder.name, config, metrics, summary, from_history, preview)
+        raise DataError(f"{files.metrics}: not written by `mri2mri test` (no pooled metrics)")
+    if not files.history.is_file():
+        raise DataError(f"{files.history}: not found (is {files.root} a training run folder?)")
+    from_history = not files.summary.is_file()
+    summary = _summary_from_history(files.history) if from_history else files.read_summary() or {}
+    preview = files.read_preview()
+    return Run(files.root, files.root.name, config, metrics, summary, from_history, preview)
 
 
 def check_same_test_set(runs: Sequence[Run]) -> None:
@@ -225,14 +190,14 @@ def _comparison_figure(runs: Sequence[Run], out_png: Path, lang: str) -> Path:
     """The first run's first preview slice, found in every run's preview by subject and index."""
     first = runs[0].preview
     if len(first["subject"]) == 0:
-        raise DataError(f"{runs[0].folder / 'predictions_preview.npz'}: no preview slices")
+        raise DataError(f"{RunFolder(runs[0].folder).preview}: no preview slices")
     subject, slice_index = str(first["subject"][0]), int(first["slice_index"][0])
     panels = []
     for run in runs:
         matches = np.flatnonzero((run.preview["subject"] == subject) & (run.preview["slice_index"] == slice_index))
         if len(matches) == 0:
             raise DataError(
-                f"{run.folder / 'predictions_preview.npz'}: no preview of {subject} slice {slice_index}; "
+                f"{RunFolder(run.folder).preview}: no preview of {subject} slice {slice_index}; "
                 "run `mri2mri test` on it again"
             )
         panels.append((run.label, run.preview["prediction"][matches[0]]))
@@ -252,7 +217,7 @@ def compare_runs(
     over the test slices (see the caption written to compare.md). Raises DataError when a folder
     lacks a file or when the runs were tested on different test sets.
     """
-    figures.check_lang(lang)
+    text.check_lang(lang)
     if not run_dirs:
         raise DataError("compare: no run folders given")
     folders = [Path(d) for d in run_dirs]
@@ -273,19 +238,21 @@ def compare_runs(
 
     notes = NOTES[lang]
     reference = runs[0].metrics
-    text = caption(
+    caption_text = caption(
         lang, split=reference.get("split", "test"), n_subjects=len(reference["test_set"]["subjects"]),
         n_slices=reference["test_set"]["n_slices"], source=reference.get("source", "T1"),
         target=reference.get("target", "T2"),
     )
     footnotes = [notes["baseline_row"]]
     footnotes += [notes["not_better"].format(run=r.label) for r in runs if r.metrics.get("beats_intensity_map") is False]
-    footnotes += [notes["no_summary"].format(run=r.label) for r in runs if r.summary_from_history]
+    files = RunFolder(runs[0].folder)
+    footnotes += [notes["no_summary"].format(run=r.label, summary=files.summary.name, history=files.history.name)
+                  for r in runs if r.summary_from_history]  # fmt: skip
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.md").write_text(
-        table + "\n" + text + "\n\n" + "\n".join(f"- {note}" for note in footnotes) + "\n", encoding="utf-8"
+        table + "\n" + caption_text + "\n\n" + "\n".join(f"- {note}" for note in footnotes) + "\n", encoding="utf-8"
     )
     csv_path = out / "compare.csv"
     header, rows = _csv_rows(runs)

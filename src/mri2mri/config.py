@@ -1,8 +1,11 @@
-"""Typed configuration of a run: data, model and training.
+"""Typed configuration of a run: data, model, training and augmentation.
 
-The command line only builds these frozen dataclasses; every run folder receives the resolved
-configuration as ``config.json`` so that any run can be repeated exactly (nanoGPT's ``GPTConfig``,
-EDM's ``training_options.json``).
+Each option is written once, as a field of these frozen dataclasses: its default, its type, its
+range check (``validate``, run whenever a configuration is made, by the command line or by
+Python) and its help text (the field's ``metadata``, from which :mod:`mri2mri.options` derives
+the command-line flag). Every run folder receives the resolved configuration as ``config.json``
+so that any run can be repeated exactly (nanoGPT's ``GPTConfig``, EDM's
+``training_options.json``). Named presets (the report's experiments, pix2pix's) live here too.
 """
 
 from __future__ import annotations
@@ -27,6 +30,28 @@ MAX_DISC_SCALES = 6
 # At most this many source contrasts stacked as input channels (every known contrast but the target).
 MAX_SOURCES = 4
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+LANGUAGES = ("en", "zh")
+
+
+def option(help: str = "", *, flag: str | None = None, metavar: str | None = None,
+           parse: Any = None, choices: tuple[str, ...] | None = None,
+           cli_default: Any = dataclasses.MISSING) -> dict[str, Any]:  # fmt: skip
+    """A field's command-line description (``field(metadata=option(...))``): its help, and where
+    the rule ``name -> --name`` does not hold, its flag, metavar, parser, choices, or a default the
+    command resolves later (``--image-size``: the cache's size, or 256)."""
+    return {"cli": {"help": help, "flag": flag, "metavar": metavar, "parse": parse, "choices": choices,
+                    "cli_default": cli_default}}  # fmt: skip
+
+
+def parse_sources(text: str) -> str | tuple[str, ...]:
+    """``--source``: ``"T1"`` stays ``"T1"``; ``"T1,T1c,FLAIR"`` is ``("T1", "T1c", "FLAIR")``."""
+    names = [name.strip() for name in str(text).split(",")]
+    return names[0] if len(names) == 1 else tuple(names)
+
+
+# A field with this metadata is not a command-line option (derived from other options, or kept
+# for configurations saved by older versions).
+INTERNAL: dict[str, Any] = {"cli": None}
 
 
 @dataclass(frozen=True)
@@ -40,23 +65,31 @@ class DataConfig:
     they were.
     """
 
-    source: str | tuple[str, ...] = "T1"
-    target: str = "T2"
-    image_size: int = 256
-    # 2.5D input: this many neighbouring slices on each side become extra input channels.
-    context_slices: int = 0
-    # Keep an axial slice only if at least this fraction of its pixels is brain.
-    min_brain_fraction: float = 0.05
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    split_seed: int = 0
-    # Robust per-volume intensity window (percentiles of brain voxels) mapped to [0, 1].
-    percentiles: tuple[float, float] = (0.5, 99.5)
-    register: bool = False
+    source: str | tuple[str, ...] = field(default="T1", metadata=option(
+        "input contrast (T1, T2, FLAIR, T1c, PD), or several stacked as channels in the order "
+        "given: T1,T1c,FLAIR", parse=parse_sources))  # fmt: skip
+    target: str = field(default="T2", metadata=option("contrast to synthesise"))
+    image_size: int = field(default=256, metadata=option(
+        "slice size in pixels (default: a cache's own size, else 256; the demo 128 on a CPU)",
+        cli_default=None))  # fmt: skip
+    context_slices: int = field(default=0, metadata=option(
+        "2.5D: neighbouring slices on each side as extra input channels"))  # fmt: skip
+    min_brain_fraction: float = field(default=0.05, metadata=option(
+        "keep an axial slice only if at least this fraction of its pixels is brain"))  # fmt: skip
+    val_fraction: float = field(default=0.15, metadata=option("fraction of subjects for validation"))
+    test_fraction: float = field(default=0.15, metadata=option("fraction of subjects for the test split"))
+    split_seed: int = field(default=0, metadata=option("seed of the subject-level split"))
+    percentiles: tuple[float, float] = field(default=(0.5, 99.5), metadata=option(
+        "robust per-volume intensity window: these percentiles of brain voxels map to 0 and 1",
+        metavar=("LOW", "HIGH")))  # fmt: skip
+    register: bool = field(default=False, metadata=option(
+        "rigidly register source to target (mutual information)"))  # fmt: skip
     # On by default: on held-out real patients from another site, random intensity curves, bias,
     # noise, gamma (source only), flips and small affine maps won the equal-step screening
     # (benchmarks/ablation.py; README). Configurations saved before this default keep theirs.
-    augment: bool = True
+    augment: bool = field(default=True, metadata=option(
+        "MRI-aware augmentation of training slices (on by default; --no-augment turns it off; "
+        "the --augment-* options set how much)"))  # fmt: skip
 
     def __post_init__(self) -> None:
         self.validate()
@@ -109,22 +142,38 @@ class AugmentationConfig:
     bound the in-plane affine map.
     """
 
-    flip_probability: float = 0.5
-    affine_probability: float = 0.5
-    degrees: float = 5.0
-    scale: float = 0.05
-    translation_pixels: float = 4.0
-    bias_probability: float = 0.3
-    bias_coefficients: float = 0.3
-    noise_probability: float = 0.3
-    noise_std: float = 0.03
-    gamma_probability: float = 0.3
-    log_gamma: float = 0.2
+    flip_probability: float = field(default=0.5, metadata=option("probability of a left-right flip"))
+    affine_probability: float = field(default=0.5, metadata=option("probability of a small in-plane affine map"))
+    degrees: float = field(default=5.0, metadata=option("largest rotation of the affine map, in degrees"))
+    scale: float = field(default=0.05, metadata=option("largest relative scaling of the affine map"))
+    translation_pixels: float = field(default=4.0, metadata=option("largest shift of the affine map, in pixels"))
+    bias_probability: float = field(default=0.3, metadata=option("probability of a smooth bias field on the source"))
+    bias_coefficients: float = field(default=0.3, metadata=option("largest coefficient of the bias field"))
+    noise_probability: float = field(default=0.3, metadata=option("probability of Gaussian noise on the source"))
+    noise_std: float = field(default=0.03, metadata=option("largest noise std (images in [-1, 1])"))
+    gamma_probability: float = field(default=0.3, metadata=option("probability of a gamma change of the source"))
+    log_gamma: float = field(default=0.2, metadata=option("largest |log gamma|"))
     # Random smooth monotonic intensity curve on the source (data/intensity_curves.py): another
     # scanner's contrast. ``curve_strength`` < 1 bounds how far each segment's slope moves from 1.
-    curve_probability: float = 0.5
-    curve_knots: int = 5
-    curve_strength: float = 0.6
+    curve_probability: float = field(default=0.5, metadata=option(
+        "probability of a random smooth monotonic intensity curve on the source (another scanner)"))
+    curve_knots: int = field(default=5, metadata=option("segments of the intensity curve"))
+    curve_strength: float = field(default=0.6, metadata=option(
+        "how far each segment's slope may move from 1 (below 1)"))  # fmt: skip
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError, naming the command-line option, for a value out of range."""
+        for name in ("flip", "affine", "bias", "noise", "gamma", "curve"):
+            check_number(f"--augment-{name}-probability", getattr(self, f"{name}_probability"), 0.0, 1.0)
+        check_number("--augment-degrees", self.degrees, 0.0, 180.0)
+        check_number("--augment-scale", self.scale, 0.0, 1.0, high_open=True)
+        for name in ("translation_pixels", "bias_coefficients", "noise_std", "log_gamma"):
+            check_number(f"--augment-{name.replace('_', '-')}", getattr(self, name), 0.0)
+        check_int("--augment-curve-knots", self.curve_knots, 1, 64)
+        check_number("--augment-curve-strength", self.curve_strength, 0.0, 1.0, high_open=True)
 
 
 @dataclass(frozen=True)
@@ -133,26 +182,30 @@ class ModelConfig:
 
     # Defaults: the winner of the equal-budget ablation (benchmarks/ablation.py, README): the
     # report's U-Net at half width, pix2pix's 70x70 PatchGAN, least-squares adversarial loss.
-    generator: str = "unet"
-    discriminator: str = "patch70"
-    in_channels: int = 1
-    out_channels: int = 1
-    base_channels: int = 32
-    norm: str = "batch"
-    dropout: float = 0.5
-    upsample: str = "transpose"  # "transpose" or "resize" (resize-convolution)
-    disc_layers: int = 3  # n_layers of the 70x70 PatchGAN
-    disc_scales: int = 2  # number of scales of the multi-scale PatchGAN
-    spectral_norm: bool = False
+    generator: str = field(default="unet", metadata=option(
+        "basic, unet (the report's), resnet9, unet256 (pix2pix)"))  # fmt: skip
+    discriminator: str = field(default="patch70", metadata=option(
+        "basic (the report's PatchGAN), patch70, multiscale"))  # fmt: skip
+    in_channels: int = field(default=1, metadata=INTERNAL)  # DataConfig.in_channels
+    out_channels: int = field(default=1, metadata=INTERNAL)
+    base_channels: int = field(default=32, metadata=option("width of the first layer of both networks"))
+    norm: str = field(default="batch", metadata=option("batch, instance or none"))
+    dropout: float = field(default=0.5, metadata=option("dropout in the generator's decoder"))
+    upsample: str = field(default="transpose", metadata=option("transpose or resize (resize-convolution)"))
+    disc_layers: int = field(default=3, metadata=option("layers of the 70x70 PatchGAN"))
+    disc_scales: int = field(default=2, metadata=option("scales of the multi-scale PatchGAN"))
+    spectral_norm: bool = field(default=False, metadata=option("spectral normalisation in the discriminator"))
     # "intensity-map": G's output is a correction added to the intensity-map baseline's image of
     # its input (models/residual.py; the table is fitted on the training subjects); "none": G
     # makes the whole image, as in the report. Configurations saved before this option existed
     # mean "none" (see RunConfig.from_dict).
-    residual: str = "intensity-map"
+    residual: str = field(default="intensity-map", metadata=option(
+        "intensity-map: G learns a correction to the intensity-map baseline's image (fitted on the "
+        "training subjects); none: G makes the whole image", choices=("intensity-map", "none")))  # fmt: skip
     # The input channel that the residual generator's intensity-map table reads: the first
     # source's own slice (DataConfig.table_channel). None, in configurations saved before several
     # sources existed, means the centre channel, which is that slice for a single source.
-    table_channel: int | None = None
+    table_channel: int | None = field(default=None, metadata=INTERNAL)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -174,39 +227,51 @@ class ModelConfig:
 class TrainConfig:
     """The optimisation: losses, optimiser, schedule, device and bookkeeping."""
 
-    run_name: str = DEFAULT_RUN_NAME
-    epochs: int = 10
-    batch_size: int = 2  # small batches, many updates: what won the equal-budget ablation
-    lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    gan_loss: str = "lsgan"
-    lambda_l1: float = 100.0
+    run_name: str = field(default=DEFAULT_RUN_NAME, metadata=option("name of the checkpoints (<run>_best.pth)"))
+    epochs: int = field(default=10, metadata=option("passes over the training slices"))
+    # Small batches, many updates: what won the equal-budget ablation.
+    batch_size: int = field(default=2, metadata=option("slices per step"))
+    lr: float = field(default=2e-4, metadata=option("Adam learning rate of both networks"))
+    beta1: float = field(default=0.5, metadata=option("Adam beta1"))
+    beta2: float = field(default=0.999, metadata=option("Adam beta2"))
+    gan_loss: str = field(default="lsgan", metadata=option("bce, lsgan, hinge or wgan-gp"))
+    lambda_l1: float = field(default=100.0, metadata=option("weight of the L1 loss"))
     # Squared error: its minimiser is the conditional mean, which is what PSNR rewards where the
     # T1 leaves the T2 uncertain (oedema, CSF at partial volume); L1's is the median.
-    lambda_l2: float = 0.0
-    lambda_ssim: float = 0.0
-    lambda_feature_matching: float = 0.0
-    lambda_perceptual: float = 0.0
-    perceptual_weights: str | None = None
-    lambda_gp: float = 10.0
-    lr_decay_epochs: int = 0  # linear decay to zero over the last N epochs (pix2pix)
-    ema_decay: float = 0.0  # 0 disables the generator's exponential moving average
-    grad_clip: float = 0.0  # 0 disables gradient-norm clipping
-    d_steps: int = 1  # discriminator updates per generator update
-    seed: int = 0
+    lambda_l2: float = field(default=0.0, metadata=option(
+        "weight of the squared error (the conditional mean: what PSNR rewards)"))  # fmt: skip
+    lambda_ssim: float = field(default=0.0, metadata=option("weight of the SSIM loss (1 - SSIM)"))
+    lambda_feature_matching: float = field(default=0.0, metadata=option(
+        "weight of discriminator feature matching", flag="--lambda-fm"))  # fmt: skip
+    lambda_perceptual: float = field(default=0.0, metadata=option("weight of the perceptual loss"))
+    perceptual_weights: str | None = field(default=None, metadata=option(
+        "state_dict file of the perceptual network"))  # fmt: skip
+    lambda_gp: float = field(default=10.0, metadata=option("weight of the gradient penalty (wgan-gp)"))
+    lr_decay_epochs: int = field(default=0, metadata=option(
+        "linear decay of the learning rate to zero over the last N epochs (pix2pix)"))  # fmt: skip
+    ema_decay: float = field(default=0.0, metadata=option("EMA decay of G's weights (0: off)", flag="--ema"))
+    grad_clip: float = field(default=0.0, metadata=option("gradient-norm clipping (0: off)"))
+    d_steps: int = field(default=1, metadata=option("discriminator updates per generator update"))
+    seed: int = field(default=0, metadata=option("seed of weights, batches and augmentation"))
     # Another run's checkpoint whose G and D weights start this run (a warm start: optimisers,
     # schedule and progress start afresh; the intensity-map table is refitted on this run's data).
-    init_from: str | None = None
-    device: str = "auto"
-    precision: str = "auto"  # bf16 where it is native (GPU, AVX512-BF16/AMX CPU), else fp32
-    channels_last: bool = True  # NHWC: ~1.15x training, ~1.4x inference on a CPU (oneDNN), tensor cores on a GPU
-    compile: bool = False
-    num_workers: int = 0
-    time_budget: float | None = None  # seconds of training wall time, then stop cleanly
-    max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
-    max_steps_per_epoch: int | None = None
-    lang: str = "en"
+    init_from: str | None = field(default=None, metadata=option(
+        "start from another run's G and D weights (run folder or .pth; same networks)", metavar="CHECKPOINT"))
+    device: str = field(default="auto", metadata=option("auto, cpu, cuda or mps"))
+    precision: str = field(default="auto", metadata=option(
+        "auto (bf16 on a GPU or a CPU with native bf16, else fp32), fp32, bf16 or fp16 (GPU)"))  # fmt: skip
+    # NHWC: ~1.15x training, ~1.4x inference on a CPU (oneDNN), tensor cores on a GPU.
+    channels_last: bool = field(default=True, metadata=option(
+        "NHWC memory format (default on: faster convolutions on CPUs and GPUs)"))  # fmt: skip
+    compile: bool = field(default=False, metadata=option("torch.compile the networks"))
+    num_workers: int = field(default=0, metadata=option("data-loader worker processes"))
+    time_budget: float | None = field(default=None, metadata=option(
+        "stop after this much training time, writing a checkpoint", metavar="SECONDS"))  # fmt: skip
+    max_bad_steps: int = field(default=20, metadata=option(
+        "consecutive non-finite steps before the run stops"))  # fmt: skip
+    max_steps_per_epoch: int | None = field(default=None, metadata=option("cap on the steps of one epoch"))
+    # Figures and report; the flag is every command's --lang.
+    lang: str = field(default="en", metadata=INTERNAL)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -218,7 +283,7 @@ class TrainConfig:
         # No upper bound: a huge rate is legal (it diverges, and training stops on that).
         check_number("--lr", self.lr, 0.0, low_open=True)
         check_number("--beta1", self.beta1, 0.0, 1.0, high_open=True)
-        check_number("beta2", self.beta2, 0.0, 1.0, high_open=True)
+        check_number("--beta2", self.beta2, 0.0, 1.0, high_open=True)
         for option, value in (("--lambda-l1", self.lambda_l1), ("--lambda-l2", self.lambda_l2),
                               ("--lambda-ssim", self.lambda_ssim),
                               ("--lambda-fm", self.lambda_feature_matching),
@@ -237,6 +302,8 @@ class TrainConfig:
         check_int("--max-bad-steps", self.max_bad_steps, 1)
         if self.max_steps_per_epoch is not None:
             check_int("--max-steps-per-epoch", self.max_steps_per_epoch, 1)
+        if self.lang not in LANGUAGES:
+            raise ConfigError(f"unknown --lang {self.lang!r}; choose one of {', '.join(LANGUAGES)}")
 
 
 @dataclass(frozen=True)
@@ -246,6 +313,9 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # How much augmentation changes a sample when ``data.augment`` is on. Configurations saved
+    # before it was recorded ran with these defaults.
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -255,6 +325,7 @@ class RunConfig:
         self.data.validate()
         self.model.validate()
         self.train.validate()
+        self.augmentation.validate()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -269,6 +340,7 @@ class RunConfig:
             data=_build(DataConfig, data),
             model=_build(ModelConfig, model),
             train=_build(TrainConfig, payload.get("train", {})),
+            augmentation=_build(AugmentationConfig, payload.get("augmentation", {})),
         )
 
     def save(self, path: Path) -> None:
@@ -285,7 +357,7 @@ class RunConfig:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ConfigError(f"{path}: not a readable run configuration ({error})") from None
         if not isinstance(payload, dict) or not all(
-            isinstance(payload.get(part, {}), dict) for part in ("data", "model", "train")
+            isinstance(payload.get(part, {}), dict) for part in ("data", "model", "train", "augmentation")
         ):
             raise ConfigError(f"{path}: not a run configuration (expected data, model and train objects)")
         try:
@@ -299,12 +371,6 @@ def _build(kind: type, values: dict[str, Any]):
     names = {f.name for f in dataclasses.fields(kind)}
     clean = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k in names}
     return kind(**clean)
-
-
-def parse_sources(text: str) -> str | tuple[str, ...]:
-    """``--source``: ``"T1"`` stays ``"T1"``; ``"T1,T1c,FLAIR"`` is ``("T1", "T1c", "FLAIR")``."""
-    names = [name.strip() for name in str(text).split(",")]
-    return names[0] if len(names) == 1 else tuple(names)
 
 
 def check_sources(source: Any) -> tuple[str, ...]:
@@ -366,3 +432,38 @@ def _pair(option: str, value: Any) -> tuple[float, float]:
 def replace(config: Any, **changes: Any) -> Any:
     """``dataclasses.replace`` re-exported so callers need one import."""
     return dataclasses.replace(config, **changes)
+
+
+# Named configurations: the report's two experiments and pix2pix's, for reproducing them in one
+# option (``--preset``). Keys are field names of DataConfig, ModelConfig or TrainConfig.
+PRESETS: dict[str, dict[str, Any]] = {
+    "report-basic": {"generator": "basic", "discriminator": "basic", "base_channels": 64, "gan_loss": "bce",
+                     "residual": "none", "augment": False},
+    "report-unet": {"generator": "unet", "discriminator": "basic", "base_channels": 64, "gan_loss": "bce",
+                    "residual": "none", "augment": False},
+    "pix2pix": {"generator": "unet256", "discriminator": "patch70", "base_channels": 64, "gan_loss": "bce",
+                "residual": "none", "augment": False},
+}  # fmt: skip
+
+
+def preset_changes(name: str, current: dict[str, Any]) -> dict[str, Any]:
+    """The preset's values for the options of ``current`` (field name -> value) that are still at
+    their defaults: options chosen explicitly win over the preset's."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
+    defaults = {f.name: f.default for part in (DataConfig, ModelConfig, TrainConfig)
+                for f in dataclasses.fields(part)}  # fmt: skip
+    return {key: value for key, value in PRESETS[name].items() if current.get(key, defaults[key]) == defaults[key]}
+
+
+def preset_config(name: str, base: RunConfig | None = None) -> RunConfig:
+    """``base`` (the defaults when None) with preset ``name`` applied where ``base`` keeps the
+    defaults: the Python form of ``train --preset NAME``."""
+    base = RunConfig() if base is None else base
+    parts = {"data": base.data, "model": base.model, "train": base.train}
+    current = {key: value for part in parts.values() for key, value in vars(part).items()}
+    changes = preset_changes(name, current)
+    for part_name, part in parts.items():
+        own = {k: v for k, v in changes.items() if k in {f.name for f in dataclasses.fields(part)}}
+        parts[part_name] = dataclasses.replace(part, **own)
+    return dataclasses.replace(base, **parts)

@@ -16,20 +16,12 @@ from mri2mri import portable
 from mri2mri.config import RunConfig
 from mri2mri.data.discovery import canonical_contrast
 from mri2mri.errors import UserError
-from mri2mri.runfolder import RunFolder
+from mri2mri.runfolder import RunFolder, run_folder_of
 
 # A sample of the training slices is enough for a histogram: at most this many subjects, and
 # this many evenly spaced slices of each.
 REFERENCE_SUBJECTS = 64
 REFERENCE_SLICES = 24
-
-
-def run_folder_of(checkpoint: Path) -> Path | None:
-    """``run/`` for ``run/checkpoints/<name>.pth``; None for a checkpoint kept elsewhere."""
-    checkpoint = Path(checkpoint)
-    if checkpoint.is_dir():
-        return checkpoint
-    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
 
 
 def source_reference_of(checkpoint: Path, config: RunConfig, payload: dict[str, Any]) -> dict[str, Any] | None:

@@ -35,7 +35,7 @@ from torch import nn
 
 from mri2mri import __version__, atomic, modelcard
 from mri2mri.config import RunConfig
-from mri2mri.contrast import run_folder_of, source_reference_of
+from mri2mri.contrast import source_reference_of
 from mri2mri.data.io import check_writable_output
 from mri2mri.errors import ConfigError, DataError
 from mri2mri.inference import load_generator
@@ -48,7 +48,7 @@ from mri2mri.predict import (
     META_REFERENCE,
     file_sha256,
 )
-from mri2mri.runfolder import find_checkpoint
+from mri2mri.runfolder import find_checkpoint, run_folder_of
 
 EXPORTER = f"torch.onnx.export(dynamo=True), torch {torch.__version__}"
 # The exported graph must match PyTorch this closely (max absolute difference, [-1, 1] range).

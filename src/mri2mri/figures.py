@@ -1,9 +1,10 @@
 """Figures of a run: loss curves, validation curves, triptychs, slice grids, run comparisons.
 
 Every figure function takes ``lang="en"`` or ``lang="zh"``; labels come from one dictionary
-(:data:`LABELS`) so that English and Chinese figures say the same thing. Chinese labels need a
-CJK font: the Noto Sans CJK SC font shipped inside the ``mplfonts`` package is registered with
-matplotlib, and any installed system CJK font (``fonts-noto-cjk``, WenQuanYi, ...) is the fall-back.
+(:data:`mri2mri.text.FIGURE_LABELS`) so that English and Chinese figures say the same thing.
+Chinese labels need a CJK font: the Noto Sans CJK SC font shipped inside the ``mplfonts``
+package is registered with matplotlib, and any installed system CJK font (``fonts-noto-cjk``,
+WenQuanYi, ...) is the fall-back.
 
 Figures are built on :class:`matplotlib.figure.Figure` objects rendered by the Agg renderer and
 never registered with ``pyplot``, so nothing is left open after saving and no GUI backend is
@@ -27,9 +28,9 @@ from matplotlib import font_manager, ft2font
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from mri2mri import text
 from mri2mri.errors import ConfigError, DataError
 
-LANGS = ("en", "zh")
 DPI = 120
 IMAGE_CMAP = "gray"
 ERROR_CMAP = "magma"
@@ -37,51 +38,10 @@ ERROR_CMAP = "magma"
 # per figure so that two figures' error maps mean the same thing.
 DEFAULT_ERROR_VMAX = 0.25
 
-# Placeholders: {source} / {target} are contrast names (T1, T2, FLAIR, ...).
-LABELS: dict[str, dict[str, str]] = {
-    "en": {
-        "loss_G": "Generator loss (Loss_G)",
-        "loss_D": "Discriminator loss (Loss_D)",
-        "loss_L1": "L1 loss (Loss_L1)",
-        "loss": "Loss",
-        "epoch": "Epoch",
-        "training_losses": "Training losses",
-        "validation_metrics": "Validation metrics",
-        "val_L1": "Validation L1",
-        "val_PSNR": "Validation PSNR (dB)",
-        "val_SSIM": "Validation SSIM",
-        "input": "Input {source}",
-        "generated": "Generated {target}",
-        "real": "Real {target}",
-        "abs_error": "Absolute error",
-        "abs_error_mae": "Absolute error (MAE {mae:.3f})",
-        "uncertainty": "Uncertainty (std of {passes} passes)",
-        "translation": "{source} → {target}",
-        "comparison": "{source} → {target}: the same test slice from every run",
-        "run": "Run",
-    },
-    "zh": {
-        "loss_G": "生成器总损失 Loss_G",
-        "loss_D": "判别器损失 Loss_D",
-        "loss_L1": "L1 损失 Loss_L1",
-        "loss": "损失",
-        "epoch": "轮次 Epoch",
-        "training_losses": "训练损失曲线",
-        "validation_metrics": "验证集指标",
-        "val_L1": "验证集 L1",
-        "val_PSNR": "验证集 PSNR (dB)",
-        "val_SSIM": "验证集 SSIM",
-        "input": "输入 {source}",
-        "generated": "生成 {target}",
-        "real": "真实 {target}",
-        "abs_error": "绝对误差",
-        "abs_error_mae": "绝对误差 (MAE {mae:.3f})",
-        "uncertainty": "不确定性（{passes} 次推理的标准差）",
-        "translation": "{source} → {target}",
-        "comparison": "{source} → {target}：各次运行在同一测试切片上的结果",
-        "run": "运行",
-    },
-}
+# The labels of both languages live in mri2mri.text; these names stay importable from here.
+LANGS = text.LANGS
+LABELS = text.FIGURE_LABELS
+check_lang = text.check_lang
 
 # Columns of history.csv (written by the training loop).
 LOSS_COLUMNS = ("loss_G", "loss_D", "loss_L1")
@@ -92,19 +52,10 @@ _CJK_FAMILY_HINTS = (
     "Noto Sans CJK", "Noto Serif CJK", "Source Han Sans", "Source Han Serif", "WenQuanYi",
     "SimHei", "Microsoft YaHei", "PingFang", "Hiragino Sans GB", "AR PL", "Droid Sans Fallback",
 )
-# Characters a usable Chinese font must have (taken from the labels above).
-_CJK_PROBE = "生成器判别损失输入真实绝对误差轮次"
 
 
 # ---------------------------------------------------------------------------------------------
 # Labels and language
-
-
-def check_lang(lang: str) -> str:
-    """Return ``lang`` if it is a supported figure language, else raise ConfigError."""
-    if lang not in LANGS:
-        raise ConfigError(f"unknown language {lang!r}; valid languages: {', '.join(LANGS)}")
-    return lang
 
 
 def labels(lang: str = "en") -> dict[str, str]:
@@ -151,13 +102,13 @@ def cjk_font_path() -> Path:
     need. Raises ConfigError when there is none, since Chinese figures would show empty boxes.
     """
     path = _mplfonts_cjk_font()
-    if path is not None and _covers(path, _CJK_PROBE):
+    if path is not None and _covers(path, text.CJK_PROBE):
         font_manager.fontManager.addfont(str(path))
         return path
     for entry in font_manager.fontManager.ttflist:
         if any(hint.lower() in entry.name.lower() for hint in _CJK_FAMILY_HINTS):
             system_path = Path(entry.fname)
-            if _covers(system_path, _CJK_PROBE):
+            if _covers(system_path, text.CJK_PROBE):
                 return system_path
     raise ConfigError(
         "no Chinese (CJK) font found for lang='zh': install the 'mplfonts' package or "

@@ -13,7 +13,7 @@ from mri2mri.checkpoint import CheckpointError, load_checkpoint
 from mri2mri.config import RunConfig, check_int
 from mri2mri.errors import DataError, UserError, first_line
 from mri2mri.models import build_generator
-from mri2mri.runfolder import find_checkpoint
+from mri2mri.runfolder import RunFolder, find_checkpoint, read_trained_subjects
 from mri2mri.runtime import Runtime, setup_runtime
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
@@ -95,14 +95,15 @@ def evaluate_run(
     run = Path(run)
     checkpoint = find_checkpoint(run, "best")
     run_dir = run if run.is_dir() else checkpoint.parent.parent
+    folder = RunFolder(run_dir)
     runtime = setup_runtime(device, channels_last=True)  # NHWC: faster convolutions, same outputs
     G, config, _ = load_generator(checkpoint, runtime.device)
     if data is None:
-        data = run_dir / "cache"
+        data = folder.cache
         if not is_cache(data):
             raise UserError(f"{run_dir}: no cache in the run folder; pass the test data explicitly")
-    trained = _trained_subjects(run_dir, trained_on)
-    if trained is None and not (is_cache(data) and _same_folder(data, run_dir / "cache")):
+    trained = _trained_subjects(folder, trained_on)
+    if trained is None and not (is_cache(data) and _same_folder(data, folder.cache)):
         # The run's own cache refuses its train split by itself; other data could hold them.
         raise UserError(
             f"{run_dir}: no split.json, so the subjects this run trained on are unknown and {data} "
@@ -113,8 +114,8 @@ def evaluate_run(
     else:
         # Other data is prepared beside the run's own cache, never over it: the run's cache is
         # what it trained on and what `predict` takes its contrast reference from.
-        target = Path(cache_dir) if cache_dir else run_dir / "test_cache"
-        if target.resolve() == (run_dir / "cache").resolve():
+        target = Path(cache_dir) if cache_dir else folder.test_cache
+        if target.resolve() == folder.cache.resolve():
             raise UserError(f"{target}: is the run's own training cache; choose another --cache")
         cache_path = ensure_cache(Path(data), config.data, target)
     cache = SliceCache(cache_path)
@@ -144,15 +145,14 @@ def check_cache_fits_model(cache: Any, config: RunConfig, where: Path) -> None:
         )
 
 
-def _trained_subjects(run_dir: Path, trained_on: Path | str | None) -> list[str] | None:
+def _trained_subjects(folder: RunFolder, trained_on: Path | str | None) -> list[str] | None:
     """The subjects of the run's own training split (a run is never scored on them): from its
-    split.json, else from ``trained_on`` (a split.json or a cache folder); None when unknown."""
-    from mri2mri.runfolder import read_trained_subjects
-
-    trained = read_trained_subjects(run_dir / "split.json")
+    split.json, else from ``trained_on`` (a split.json or a cache folder, which keeps its split
+    under the same name); None when unknown."""
+    trained = read_trained_subjects(folder.split)
     if trained is not None or trained_on is None:
         return trained
-    split_file = Path(trained_on) / "split.json" if Path(trained_on).is_dir() else Path(trained_on)
+    split_file = RunFolder(trained_on).split if Path(trained_on).is_dir() else Path(trained_on)
     if not split_file.is_file():
         raise UserError(f"{trained_on}: --trained-on needs a split.json or the slice cache the run trained on")
     return read_trained_subjects(split_file)

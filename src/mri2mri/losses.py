@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mri2mri.errors import ConfigError, DataError
+from mri2mri.metrics import SSIM_WINDOW, ssim
 from mri2mri.models.blocks import check_choice
 
 GAN_LOSSES = ("bce", "lsgan", "hinge", "wgan-gp")
@@ -145,47 +146,19 @@ def gradient_penalty(
 
 
 # ----------------------------------------------------------------------------------------------
-# Structural similarity (Wang et al. 2004) as a loss.
-
-SSIM_WINDOW = 11
-SSIM_SIGMA = 1.5
-
-
-def _gaussian_window(channels: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    # 11-tap Gaussian, sigma 1.5, normalised: the window of Wang et al. and of scikit-image's
-    # gaussian_weights=True (its truncate 3.5 gives radius 5); one depthwise 2-D kernel.
-    offsets = torch.arange(SSIM_WINDOW, device=device, dtype=dtype) - SSIM_WINDOW // 2
-    taps = torch.exp(-(offsets**2) / (2 * SSIM_SIGMA**2))
-    taps = taps / taps.sum()
-    return torch.outer(taps, taps).expand(channels, 1, SSIM_WINDOW, SSIM_WINDOW).contiguous()
-
-
-def _ssim_map(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """Per-pixel SSIM (Wang et al. 2004) of images in [-1, 1], over the valid region."""
-    x, y = (fake + 1.0) * 0.5, (real + 1.0) * 0.5  # [-1, 1] -> [0, 1]
-    channels = x.shape[1]
-    window = _gaussian_window(channels, x.device, x.dtype)
-
-    def blur(image: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(image, window, groups=channels)  # (B, C, H - 10, W - 10)
-
-    mu_x, mu_y = blur(x), blur(y)
-    var_x = blur(x * x) - mu_x**2
-    var_y = blur(y * y) - mu_y**2
-    cov_xy = blur(x * y) - mu_x * mu_y
-    c1, c2 = 0.01**2, 0.03**2
-    return ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / (
-        (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
-    )  # (B, C, H - 10, W - 10)
+# Structural similarity (Wang et al. 2004) as a loss: the test metric's own SSIM.
 
 
 def ssim_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """1 - mean SSIM between two (B, C, H, W) batches in [-1, 1], computed on [0, 1].
 
+    The SSIM is :func:`mri2mri.metrics.ssim` without a mask, the one the test metrics report:
     Gaussian window 11 x 11, sigma 1.5, K1 0.01, K2 0.03, data range 1, population
-    covariances; the mean runs over the pixels whose window lies inside the image (the same
-    valid region scikit-image averages). H and W must be at least 11. Computed in float32 with
-    autocast off: E[x^2] - E[x]^2 loses all precision in half precision.
+    covariances, and the map's mean with a border of the window radius cropped, i.e. over the
+    pixels whose window lies inside the image (the same valid region scikit-image averages;
+    there no padding enters). On a tensor that requires gradients the metric filters with
+    matrix products, so the loss is differentiable on any device. H and W must be at least 11.
+    Computed in float32 with autocast off: E[x^2] - E[x]^2 loses all precision in half precision.
     """
     if fake.shape != real.shape:
         shapes = f"{tuple(fake.shape)} and {tuple(real.shape)}"
@@ -194,7 +167,8 @@ def ssim_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         shape = tuple(fake.shape)
         raise ValueError(f"ssim_loss needs images of at least {SSIM_WINDOW} px, got {shape}")
     with torch.autocast(device_type=fake.device.type, enabled=False):
-        return 1.0 - _ssim_map(fake.float(), real.float()).mean()
+        unit_fake, unit_real = (fake.float() + 1.0) * 0.5, (real.float() + 1.0) * 0.5  # -> [0, 1]
+        return 1.0 - ssim(unit_fake, unit_real).mean()
 
 
 # ----------------------------------------------------------------------------------------------

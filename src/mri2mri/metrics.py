@@ -13,13 +13,18 @@ whose borders come from half-sample symmetric padding (``scipy.ndimage`` mode "r
 Whole-image SSIM is the mean of that map with a 5-pixel border cropped, as scikit-image does;
 masked SSIM is the mean of the map over the mask.
 
-The evaluation protocol for skull-stripped data lives in :func:`image_metrics`.
+The evaluation protocol for skull-stripped data lives in :func:`image_metrics`. Each test metric
+is declared once, in :data:`METRICS` (name, formula, table digits, direction); everything that
+scores, summarises, tabulates or plots test metrics iterates over it, and the metric's English
+and Chinese labels are in :data:`mri2mri.text.METRIC_LABELS` under the same name.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from scipy import ndimage
@@ -31,8 +36,6 @@ SSIM_WINDOW = 2 * SSIM_RADIUS + 1  # 11
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
 
-# The names of the eight values image_metrics returns, in table order.
-METRIC_NAMES = ("psnr", "ssim", "mae", "nmse", "psnr_mask", "ssim_mask", "mae_mask", "nmse_mask")
 
 
 def _check_pair(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> None:
@@ -124,12 +127,15 @@ def _gaussian_matrix(length: int, dtype: torch.dtype, device: torch.device) -> t
     reflected column repeats is accumulated. A matrix product is exact and, on CPU and GPU alike,
     far faster than a single-channel convolution.
     """
-    kernel = _gaussian_kernel(dtype, device)
-    index = _symmetric_index(length, SSIM_RADIUS, device)
-    taps = torch.arange(length, device=device)[:, None] + torch.arange(SSIM_WINDOW, device=device)[None, :]
-    rows = torch.arange(length, device=device)[:, None].expand(length, SSIM_WINDOW)
-    matrix = torch.zeros(length, length, dtype=dtype, device=device)
-    matrix.index_put_((rows.reshape(-1), index[taps].reshape(-1)), kernel.repeat(length), accumulate=True)
+    # A normal tensor even when first built under inference mode: the cached matrix may later
+    # filter an SSIM loss that is differentiated (mri2mri.losses.ssim_loss).
+    with torch.inference_mode(False):
+        kernel = _gaussian_kernel(dtype, device)
+        index = _symmetric_index(length, SSIM_RADIUS, device)
+        taps = torch.arange(length, device=device)[:, None] + torch.arange(SSIM_WINDOW, device=device)[None, :]
+        rows = torch.arange(length, device=device)[:, None].expand(length, SSIM_WINDOW)
+        matrix = torch.zeros(length, length, dtype=dtype, device=device)
+        matrix.index_put_((rows.reshape(-1), index[taps].reshape(-1)), kernel.repeat(length), accumulate=True)
     return matrix
 
 
@@ -226,40 +232,91 @@ def volume_psnr(
     return psnr_value(error / count, data_range)
 
 
+class ProtocolPair:
+    """A batch under the skull-stripped evaluation protocol, and the sums its metrics share.
+
+    Whole-image values compare ``pred * mask`` with ``target * mask``: the background of a
+    skull-stripped target is exactly zero while a generator's is not, so published protocols
+    mask the prediction; the target is masked too, which changes nothing on skull-stripped data
+    and keeps the comparison fair where the mask was computed instead. In-mask values use the
+    brain voxels only. Both images are zero outside the mask, so the whole-image and in-mask
+    error sums are the same sums divided by different voxel counts (and NMSE is the same
+    either way). Each sum is computed on first use, once, shape (B,).
+    """
+
+    def __init__(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor):
+        _check_pair(pred, target, mask)
+        self.weights = _weights(pred, mask)
+        inside = self.weights > 0
+        zero = torch.zeros_like(pred)
+        self.pred = torch.where(inside, pred, zero)  # pred * mask
+        self.target = torch.where(inside, target, zero)  # target * mask
+        self.difference = self.pred - self.target
+        self.all_voxels = pred[0].numel()
+
+    @functools.cached_property
+    def squared_error(self) -> torch.Tensor:
+        return (self.difference * self.difference).sum(dim=(1, 2, 3))
+
+    @functools.cached_property
+    def absolute_error(self) -> torch.Tensor:
+        return self.difference.abs().sum(dim=(1, 2, 3))
+
+    @functools.cached_property
+    def energy(self) -> torch.Tensor:
+        return (self.target * self.target).sum(dim=(1, 2, 3))
+
+    @functools.cached_property
+    def brain_voxels(self) -> torch.Tensor:
+        return self.weights.sum(dim=(1, 2, 3))
+
+    @functools.cached_property
+    def ssim_map(self) -> torch.Tensor:
+        """The SSIM map of the masked images (B, C, H, W)."""
+        return ssim_map(self.pred, self.target)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One test metric: its name (a key of the test metrics and a column of the per-slice
+    table), its value per image of a :class:`ProtocolPair` (shape (B,)), the decimals tables
+    show, and its direction. Its labels are ``mri2mri.text.METRIC_LABELS[lang][name]``."""
+
+    name: str
+    compute: Callable[[ProtocolPair], torch.Tensor]
+    digits: int
+    higher_is_better: bool
+
+
+# The test metrics, in table order: whole image (masked prediction vs masked target), then
+# in-mask; ``ssim_mask`` is the mean over the mask of the same SSIM map.
+METRICS: tuple[Metric, ...] = (
+    Metric("psnr", lambda p: psnr_from_mse(p.squared_error / p.all_voxels), 2, True),
+    Metric("ssim", lambda p: _ssim_from_map(p.ssim_map, None), 4, True),
+    Metric("mae", lambda p: p.absolute_error / p.all_voxels, 4, False),
+    Metric("nmse", lambda p: p.squared_error / p.energy, 4, False),
+    Metric("psnr_mask", lambda p: psnr_from_mse(p.squared_error / p.brain_voxels), 2, True),
+    Metric("ssim_mask", lambda p: _ssim_from_map(p.ssim_map, p.weights), 4, True),
+    Metric("mae_mask", lambda p: p.absolute_error / p.brain_voxels, 4, False),
+    Metric("nmse_mask", lambda p: p.squared_error / p.energy, 4, False),
+)
+METRIC_NAMES = tuple(metric.name for metric in METRICS)
+
+# The one metric of a whole volume (streamed error sums, :func:`volume_psnr`), beside them.
+VOLUME_METRIC = "volume_psnr"
+DIGITS = {**{metric.name: metric.digits for metric in METRICS}, VOLUME_METRIC: 2}
+HIGHER_IS_BETTER = {**{metric.name: metric.higher_is_better for metric in METRICS}, VOLUME_METRIC: True}
+
+# The metrics a short summary shows, in its order (all are names above).
+COMPARISON_METRICS = ("psnr_mask", "ssim_mask", "mae_mask", "psnr", "ssim")  # mri2mri compare
+CARD_METRICS = ("psnr", "ssim", "mae", "nmse", "psnr_mask", "ssim_mask", VOLUME_METRIC)  # model card
+VIEWER_METRICS = ("psnr_mask", "ssim_mask", "mae_mask")  # the report's slice viewer, per slice
+
+
 def image_metrics(
     pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
 ) -> dict[str, torch.Tensor]:
-    """All eight metrics of each image under the skull-stripped evaluation protocol.
-
-    Whole-image values (psnr, ssim, mae, nmse) compare ``pred * mask`` with ``target * mask``:
-    the background of a skull-stripped target is exactly zero while a generator's is not, so
-    published protocols mask the prediction; the target is masked too, which changes nothing on
-    skull-stripped data and keeps the comparison fair where the mask was computed instead.
-    In-mask values (``*_mask``) use the brain voxels only; ``ssim_mask`` is the mean over the mask
-    of the same SSIM map (computed on the masked images). Returns name -> (B,) tensor.
-    """
-    _check_pair(pred, target, mask)
-    weights = _weights(pred, mask)
-    inside = weights > 0
-    zero = torch.zeros_like(pred)
-    pred_masked = torch.where(inside, pred, zero)
-    target_masked = torch.where(inside, target, zero)
-    # Both images are zero outside the mask, so the whole-image and in-mask error sums are the
-    # same sums divided by different voxel counts (and NMSE is the same either way).
-    difference = pred_masked - target_masked
-    squared_error = (difference * difference).sum(dim=(1, 2, 3))
-    absolute_error = difference.abs().sum(dim=(1, 2, 3))
-    energy = (target_masked * target_masked).sum(dim=(1, 2, 3))
-    brain_voxels = weights.sum(dim=(1, 2, 3))
-    all_voxels = pred[0].numel()
-    local = ssim_map(pred_masked, target_masked)
-    return {
-        "psnr": psnr_from_mse(squared_error / all_voxels),
-        "ssim": _ssim_from_map(local, None),
-        "mae": absolute_error / all_voxels,
-        "nmse": squared_error / energy,
-        "psnr_mask": psnr_from_mse(squared_error / brain_voxels),
-        "ssim_mask": _ssim_from_map(local, weights),
-        "mae_mask": absolute_error / brain_voxels,
-        "nmse_mask": squared_error / energy,
-    }
+    """Every metric of :data:`METRICS` for each image under the skull-stripped evaluation
+    protocol (:class:`ProtocolPair`). Returns name -> (B,) tensor, in table order."""
+    pair = ProtocolPair(pred, target, mask)
+    return {metric.name: metric.compute(pair) for metric in METRICS}

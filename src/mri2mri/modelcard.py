@@ -1,51 +1,50 @@
 """MODEL_CARD.md: what an exported model was trained on, how well it did, and what it must not do.
 
 The card is written beside every exported model (``mri2mri export``). It reads what the run
-folder holds, defensively: ``split.json`` (or the run's cache), ``run_summary.json`` and
-``metrics.json`` (schema in :mod:`mri2mri.evaluation`) may each be missing or older than this
-code; a missing part is said to be missing, never invented.
+folder holds (:class:`~mri2mri.runfolder.RunFolder`), defensively: the subject split (the run's
+or its cache's), the run summary and the test metrics (schema in :mod:`mri2mri.evaluation`) may
+each be missing, unreadable or older than this code; a missing part is said to be missing,
+never invented.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mri2mri import __version__
 from mri2mri.config import RunConfig
+from mri2mri.errors import DataError
+from mri2mri.metrics import CARD_METRICS
+from mri2mri.runfolder import RunFolder, read_json_object
 
 CARD_NAME = "MODEL_CARD.md"
-METRIC_COLUMNS = ("psnr", "ssim", "mae", "nmse", "psnr_mask", "ssim_mask", "volume_psnr")
+METRIC_COLUMNS = CARD_METRICS
 SPLITS = ("train", "val", "test")
 
+T = TypeVar("T")
+_NAMES = RunFolder(Path())  # for the names of a run folder's files in the card's text
 
-def _read_json(path: Path | None) -> Any:
-    """The JSON content of ``path``, or None when it is absent or unreadable."""
-    if path is None or not path.is_file():
-        return None
+
+def _optional(read: Callable[[], T]) -> T | None:
+    """What ``read`` returns, or None when the file it reads is missing or unreadable."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read()
+    except DataError:
         return None
 
 
-def _split(run_dir: Path | None) -> dict[str, list[str]] | None:
-    if run_dir is None:
+def _split(folder: RunFolder | None) -> dict[str, list[str]] | None:
+    split = _optional(folder.read_split) if folder else None
+    if not split or not any(s in split for s in SPLITS):
         return None
-    for candidate in (run_dir / "split.json", run_dir / "cache" / "split.json"):
-        payload = _read_json(candidate)
-        if isinstance(payload, dict) and any(isinstance(payload.get(s), list) for s in SPLITS):
-            return {
-                s: [str(x) for x in payload.get(s, []) if isinstance(payload.get(s), list)]
-                for s in SPLITS
-            }
-    return None
+    return {s: split.get(s, []) for s in SPLITS}
 
 
-def _slice_counts(run_dir: Path | None) -> dict[str, int] | None:
-    """Slices per split from the run's cache index (cache.json), when the cache is there."""
-    meta = _read_json(run_dir / "cache" / "cache.json") if run_dir else None
+def _slice_counts(folder: RunFolder | None) -> dict[str, int] | None:
+    """Slices per split from the index of the run's cache, when the cache is there."""
+    meta = _optional(lambda: read_json_object(folder.cache_index, what="cache index")) if folder else None
     if not isinstance(meta, dict) or not isinstance(meta.get("subjects"), list):
         return None
     counts = dict.fromkeys(SPLITS, 0)
@@ -68,7 +67,7 @@ def _number(value: Any, digits: int = 4) -> str:
 
 def _metrics_section(metrics: Any) -> list[str]:
     if not isinstance(metrics, dict) or not isinstance(metrics.get("summary"), dict):
-        return ["No test metrics: the run folder has no readable metrics.json. "
+        return [f"No test metrics: the run folder has no readable {_NAMES.metrics.name}. "
                 "Run `mri2mri test RUN_DIR` before sharing the model."]  # fmt: skip
     summary = metrics["summary"]
     methods = [m for m in metrics.get("methods", summary) if isinstance(summary.get(m), dict)]
@@ -99,45 +98,17 @@ def _metrics_section(metrics: Any) -> list[str]:
     return lines
 
 
-def model_card_text(
-    config: RunConfig,
-    *,
-    checkpoint: Path,
-    run_dir: Path | None,
-    parameters: dict[str, int],
-    files: list[Path],
-    source_reference: dict[str, Any] | None = None,
-    exporter: str = "",
-) -> str:
-    """The card's Markdown."""
-    data, model, train = config.data, config.model, config.train
+def _training_data_lines(config: RunConfig, folder: RunFolder | None,
+                         source_reference: dict[str, Any] | None) -> list[str]:  # fmt: skip
+    data, model = config.data, config.model
     source_name = ", ".join(data.sources)  # several sources: in channel order
-    split = _split(run_dir)
-    slices = _slice_counts(run_dir)
-    summary = _read_json(run_dir / "run_summary.json") if run_dir else None
-    summary = summary if isinstance(summary, dict) else {}
-    metrics = _read_json(run_dir / "metrics.json") if run_dir else None
-
-    lines = [
-        f"# Model card: mri2mri {source_name} -> {data.target} ({model.generator})",
-        "",
-        f"Synthesises a **{data.target}-weighted** image from a **{source_name}-weighted** one. "
-        f"Exported by mri2mri {__version__} from `{checkpoint.name}`.",
-        "",
-        "Files: " + ", ".join(f"`{f.name}`" for f in files) + ".",
-    ]
-    if exporter:
-        lines += ["", f"ONNX exporter: {exporter}. Input `source` (B, {model.in_channels}, H, W) in [-1, 1], "
-                      f"output `prediction` (B, {model.out_channels}, H, W) in [-1, 1]; B, H and W are dynamic "
-                      "(H and W must suit the generator's stride)."]  # fmt: skip
-    lines += ["", "## Training data", ""]
+    split, slices = _split(folder), _slice_counts(folder)
+    lines = ["## Training data", ""]
     if split is not None:
         counts = ", ".join(f"{len(split[s])} {s}" for s in SPLITS)
         lines.append(f"- Subjects per split: {counts} (a subject is in one split only).")
     else:
-        lines.append(
-            "- Subjects per split: unknown (no split.json in the run folder or its cache)."
-        )
+        lines.append(f"- Subjects per split: unknown (no {_NAMES.split.name} in the run folder or its cache).")
     if slices is not None:
         lines.append("- Slices per split: " + ", ".join(f"{slices[s]} {s}" for s in SPLITS) + ".")
     lines += [
@@ -157,8 +128,12 @@ def model_card_text(
             + (f" and the input lies closer to the training {data.target} histogram, or twice that far."
                if "target_histogram" in source_reference else ".")
         )  # fmt: skip
-    lines += [
-        "",
+    return lines
+
+
+def _network_lines(config: RunConfig, parameters: dict[str, int], summary: dict[str, Any]) -> list[str]:
+    model, train = config.model, config.train
+    return [
         "## Networks",
         "",
         f"- Generator `{model.generator}`: {parameters.get('generator', 0):,} parameters "
@@ -170,11 +145,13 @@ def model_card_text(
         + (f", {summary['steps']} steps" if "steps" in summary else "")
         + (f" on {summary['device']}" if "device" in summary else "")
         + ".",
-        "",
-        "## Test metrics",
-        "",
-        *_metrics_section(metrics),
-        "",
+    ]
+
+
+def _limits_lines(config: RunConfig) -> list[str]:
+    data = config.data
+    source_name = ", ".join(data.sources)
+    return [
         "## Output",
         "",
         "`mri2mri predict` writes float32 NIfTI on the input's grid on a unit scale: 0 and 1 are the "
@@ -200,6 +177,39 @@ def model_card_text(
         "images has not been validated.",
         "",
     ]
+
+
+def model_card_text(
+    config: RunConfig,
+    *,
+    checkpoint: Path,
+    run_dir: Path | None,
+    parameters: dict[str, int],
+    files: list[Path],
+    source_reference: dict[str, Any] | None = None,
+    exporter: str = "",
+) -> str:
+    """The card's Markdown."""
+    data, model = config.data, config.model
+    source_name = ", ".join(data.sources)  # several sources: in channel order
+    folder = RunFolder(Path(run_dir)) if run_dir else None
+    summary = (_optional(folder.read_summary) if folder else None) or {}
+    metrics = _optional(folder.read_metrics) if folder else None
+    lines = [
+        f"# Model card: mri2mri {source_name} -> {data.target} ({model.generator})",
+        "",
+        f"Synthesises a **{data.target}-weighted** image from a **{source_name}-weighted** one. "
+        f"Exported by mri2mri {__version__} from `{checkpoint.name}`.",
+        "",
+        "Files: " + ", ".join(f"`{f.name}`" for f in files) + ".",
+    ]
+    if exporter:
+        lines += ["", f"ONNX exporter: {exporter}. Input `source` (B, {model.in_channels}, H, W) in [-1, 1], "
+                      f"output `prediction` (B, {model.out_channels}, H, W) in [-1, 1]; B, H and W are dynamic "
+                      "(H and W must suit the generator's stride)."]  # fmt: skip
+    lines += ["", *_training_data_lines(config, folder, source_reference), ""]
+    lines += [*_network_lines(config, parameters, summary), "", "## Test metrics", ""]
+    lines += [*_metrics_section(metrics), "", *_limits_lines(config)]
     return "\n".join(lines)
 
 

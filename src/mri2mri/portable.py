@@ -3,9 +3,10 @@
 ``mri2mri predict model.onnx ...`` must run where PyTorch is not installed, so this module and
 everything it imports is NumPy/SciPy: the steps themselves (brain mask, percentile
 normalisation, crop / pad / resize geometry, 2.5D slicing and its inverse) are those of
-:mod:`mri2mri.data.geometry`, the very functions :mod:`mri2mri.data.preprocess` and
-:mod:`mri2mri.data.png` build the training cache with. ``tests/test_export.py`` runs the ONNX
-route with ``import torch`` made to fail.
+:mod:`mri2mri.data.geometry`, run in their order by the very functions
+(:func:`~mri2mri.data.geometry.slice_volume`, :func:`~mri2mri.data.geometry.square_image`) that
+:mod:`mri2mri.data.preprocess` and :mod:`mri2mri.data.png` build the training cache with.
+``tests/test_export.py`` runs the ONNX route with ``import torch`` made to fail.
 
 It also holds the *source reference*: a histogram of the normalised intensities of the brain
 voxels the model was trained on, stored in exported models, against which the input of a
@@ -22,17 +23,8 @@ from typing import Any
 import numpy as np
 
 from mri2mri.config import DataConfig
-from mri2mri.data.geometry import (
-    brain_mask,
-    check_not_constant,
-    image_geometry,
-    image_mask,
-    normalise,
-    plan_geometry,
-    planes_to_square,
-    volume_to_slices,
-)
-from mri2mri.data.io import Volume
+from mri2mri.data.geometry import Sliced, check_not_constant, slice_volume, square_image
+from mri2mri.data.volume import Volume
 from mri2mri.errors import UserError
 
 # --------------------------------------------------------------------------------------------
@@ -54,46 +46,27 @@ class PreparedInput:
 def prepare_volume(
     volume: Volume, data_config: DataConfig, others: Sequence[tuple[np.ndarray, str]] = ()
 ) -> PreparedInput:
-    """Every axial slice of a source volume, masked, normalised and sliced as training did
-    (:func:`mri2mri.data.preprocess.prepare_subject`), for :func:`~mri2mri.data.geometry.slices_to_volume`.
+    """Every axial slice of a source volume, masked, normalised and sliced by the function that
+    makes training's cache (:func:`~mri2mri.data.geometry.slice_volume`, which says where the
+    two differ), for :func:`~mri2mri.data.geometry.slices_to_volume`.
 
     ``others`` are the further sources of a model of several, in its order, each ``(data, where)``
     already on ``volume``'s canonical grid: each is normalised on its own (inside ``volume``'s
     brain mask) and its slices stacked after the previous source's (contrast-major)."""
     check_not_constant(volume)
-    mask = brain_mask(volume.data)
-    data01, low, high = normalise(volume.data, mask, data_config.percentiles, where=str(volume.path))
-    indices = np.arange(volume.data.shape[2])
-    geometry = plan_geometry(mask, data_config.image_size, reference=volume,
-                             context_slices=data_config.context_slices)  # fmt: skip
-    stacks = [volume_to_slices(data01, geometry, indices, data_config.context_slices)]
-    for data, where in others:
-        other01, _, _ = normalise(data, mask, data_config.percentiles, where=where)
-        stacks.append(volume_to_slices(other01, geometry, indices, data_config.context_slices))
-    return PreparedInput(
-        slices=stacks[0] if len(stacks) == 1 else np.concatenate(stacks, axis=1),
-        mask=volume_to_slices(mask.astype(np.float32), geometry, indices) >= 0.5,
-        full_mask=mask,
-        slice_indices=indices,
-        geometry=geometry,
-        norm={"low": low, "high": high},
-    )
+    return _prepared(slice_volume([(volume.data, str(volume.path)), *others], volume, data_config))
 
 
 def prepare_image(image: np.ndarray, data_config: DataConfig, path: str = "") -> PreparedInput:
     """A 2D source image as data.png prepares one: the source repeated over the context channels."""
-    mask = image_mask(image)
-    image01, low, high = normalise(image, mask, data_config.percentiles, where=path)
-    geometry = image_geometry(image.shape, data_config.image_size, data_config.context_slices, path)
-    planes = np.repeat(image01[None, None], data_config.in_channels, axis=1)
-    return PreparedInput(
-        slices=planes_to_square(planes, geometry),
-        mask=planes_to_square(mask[None, None].astype(np.float32), geometry) >= 0.5,
-        full_mask=mask,
-        slice_indices=np.zeros(1, dtype=np.int64),
-        geometry=geometry,
-        norm={"low": low, "high": high},
-    )
+    return _prepared(square_image((image, path), data_config, path))
+
+
+def _prepared(sliced: Sliced) -> PreparedInput:
+    low, high = sliced.windows[0]
+    return PreparedInput(slices=sliced.slices, mask=sliced.mask, full_mask=sliced.full_mask,
+                         slice_indices=sliced.slice_indices, geometry=sliced.geometry,
+                         norm={"low": low, "high": high})  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,13 +25,14 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from mri2mri import atomic
 from mri2mri.config import DEFAULT_RUN_NAME
 from mri2mri.errors import DataError, UserError
+
+if TYPE_CHECKING:  # numpy loads only where previews are read or written: the command line
+    import numpy as np  # imports this module before it chooses the thread policy
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -249,6 +250,8 @@ class RunFolder:
     def write_preview(self, arrays: Mapping[str, np.ndarray]) -> None:
         """A few test slices (source, target, prediction, baseline, mask), so ``compare`` needs
         no model."""
+        import numpy as np
+
         def save(tmp: str) -> None:
             with open(tmp, "wb") as handle:
                 np.savez_compressed(handle, **arrays)
@@ -259,19 +262,27 @@ class RunFolder:
         """The arrays of predictions_preview.npz: subject (k,), slice_index (k,) and images
         (k, H, W) in [0, 1]: source (central channel), target, prediction (the model's raw
         output), intensity_map (the baseline, zero outside the brain mask) and mask."""
+        import numpy as np
+
         try:
             with np.load(self.preview) as data:
                 return {name: data[name] for name in data.files}
         except (OSError, ValueError) as error:
             raise DataError(f"{self.preview}: unreadable predictions preview ({error})") from None
 
+    @property
+    def cache_index(self) -> Path:
+        """The index of the run's own slice cache (its subjects and their rows, per split)."""
+        return self.cache / "cache.json"
+
 
 def read_split_file(path: Path) -> dict[str, list[str]]:
     """A split.json (a run's or a cache's): lists of subject ids per split."""
     payload = read_json_object(path, what="split")
-    if not all(isinstance(value, list) for value in payload.values()):
+    if not all(isinstance(payload.get(name, []), list) for name in ("train", "val", "test")):
         raise DataError(f"{path}: not a split (expected lists of subject ids)")
-    return {str(name): [str(subject) for subject in value] for name, value in payload.items()}
+    # Other keys (the split's seed) are not lists of subjects.
+    return {str(name): [str(s) for s in value] for name, value in payload.items() if isinstance(value, list)}
 
 
 def read_history_rows(path: Path) -> list[dict[str, str]]:
@@ -296,6 +307,15 @@ def read_trained_subjects(split_file: Path) -> list[str] | None:
     return read_split_file(split_file).get("train", [])
 
 
+def run_folder_of(checkpoint: Path) -> Path | None:
+    """``run/`` for ``run/checkpoints/<name>.pth`` (or a run folder itself); None for a checkpoint
+    kept elsewhere."""
+    checkpoint = Path(checkpoint)
+    if checkpoint.is_dir():
+        return checkpoint
+    return checkpoint.parent.parent if checkpoint.parent.name == RunFolder(checkpoint).checkpoints.name else None
+
+
 def find_checkpoint(run_dir: Path, which: str = "best") -> Path:
     """The ``best`` (or ``last``) checkpoint of a run folder; any ``.pth`` path is returned as is."""
     run_dir = Path(run_dir)
@@ -303,7 +323,7 @@ def find_checkpoint(run_dir: Path, which: str = "best") -> Path:
         return run_dir
     if not run_dir.exists():
         raise UserError(f"{run_dir}: does not exist (expected a checkpoint file or a run folder)")
-    folder = run_dir / "checkpoints"
+    folder = RunFolder(run_dir).checkpoints
     for pattern in (f"*_{which}.pth", "*_best.pth", "*_last.pth"):
         found = sorted(folder.glob(pattern))
         if found:

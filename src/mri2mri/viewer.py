@@ -27,12 +27,14 @@ from typing import Any
 
 import numpy as np
 
+from mri2mri.metrics import VIEWER_METRICS
+
 VIEWER_SIZE = 128  # pixels, the largest side of a slice in the viewer
 MAX_SUBJECTS = 12  # more would make report.html heavy; the rest are listed as omitted
 MAX_SLICES = 511  # a JPEG is at most 65535 pixels tall: 511 slices of 128 px
 JPEG_QUALITY = 85
 PANELS = ("source", "prediction", "target", "error")
-METRIC_NAMES = ("psnr_mask", "ssim_mask", "mae_mask")
+METRIC_NAMES = VIEWER_METRICS  # the model's per-slice metrics shown under the slices
 
 
 @dataclass

@@ -22,6 +22,7 @@ TorchIO's small tensor operations slow down badly when threads contend.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -108,6 +109,9 @@ def identity(sample: Sample) -> Sample:
     return sample
 
 
-def build_augmentation(data_config: DataConfig) -> Transform:
-    """The training transform: :class:`MRIAugmentation` when ``data_config.augment``, else identity."""
-    return MRIAugmentation() if data_config.augment else identity
+def build_augmentation(data_config: DataConfig, settings: AugmentationConfig | None = None) -> Transform:
+    """The per-sample transform: :class:`MRIAugmentation` with ``settings`` (a run's
+    ``RunConfig.augmentation``; the defaults when None) when ``data_config.augment``, else identity."""
+    if not data_config.augment:
+        return identity
+    return MRIAugmentation(**dataclasses.asdict(settings or AugmentationConfig()))

@@ -43,6 +43,11 @@ from mri2mri.errors import DataError
 
 CACHE_FORMAT = 1
 SPLITS = ("train", "val", "test")
+# The files of a cache folder (the layout above); cache.json is written last and marks it complete.
+INDEX_FILE = "cache.json"
+SPLIT_FILE = "split.json"
+ROWS_FILE = "index.csv"
+ARRAY_FILES = {name: f"{name}.npy" for name in ("source", "target", "mask")}
 
 
 class CacheError(DataError):
@@ -148,13 +153,13 @@ class CacheWriter:
         channels, height, width = self._shape
         arrays = {
             "source": np.lib.format.open_memmap(
-                self._tmp / "source.npy", "w+", np.float32, (self._rows, channels, height, width)
+                self._tmp / ARRAY_FILES["source"], "w+", np.float32, (self._rows, channels, height, width)
             ),
             "target": np.lib.format.open_memmap(
-                self._tmp / "target.npy", "w+", np.float32, (self._rows, 1, height, width)
+                self._tmp / ARRAY_FILES["target"], "w+", np.float32, (self._rows, 1, height, width)
             ),
             "mask": np.lib.format.open_memmap(
-                self._tmp / "mask.npy", "w+", np.uint8, (self._rows, 1, height, width)
+                self._tmp / ARRAY_FILES["mask"], "w+", np.uint8, (self._rows, 1, height, width)
             ),
         }
         for record, chunk in zip(self._records, self._chunks, strict=True):
@@ -193,14 +198,14 @@ class CacheWriter:
 
 def _finish(tmp: Path, out_dir: Path, meta: dict[str, Any], split_file: dict[str, Any]) -> Path:
     """Write the index, split and metadata beside the arrays in ``tmp``, then move it to ``out_dir``."""
-    with open(tmp / "index.csv", "w", newline="", encoding="utf-8") as handle:
+    with open(tmp / ROWS_FILE, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["row", "subject", "split", "slice_index"])
         for record in meta["subjects"]:
             for offset, slice_index in enumerate(record["slice_indices"]):
                 writer.writerow([record["rows"][0] + offset, record["subject"], record["split"], slice_index])
-    _write_json(tmp / "split.json", split_file)
-    _write_json(tmp / "cache.json", meta)  # written last: its presence marks completion
+    _write_json(tmp / SPLIT_FILE, split_file)
+    _write_json(tmp / INDEX_FILE, meta)  # written last: its presence marks completion
     # mkdtemp makes a 0700 folder: give the cache what an ordinary mkdir would.
     os.chmod(tmp, default_dir_mode())
     if out_dir.exists():
@@ -222,7 +227,7 @@ def _write_json(path: Path, payload: Any) -> None:
 
 
 def is_cache(path: Path) -> bool:
-    return (Path(path) / "cache.json").is_file()
+    return (Path(path) / INDEX_FILE).is_file()
 
 
 class SliceCache:
@@ -230,12 +235,12 @@ class SliceCache:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        meta_file = self.path / "cache.json"
+        meta_file = self.path / INDEX_FILE
         if not meta_file.is_file():
             raise CacheError(f"{self.path}: not a slice cache (no cache.json); run `mri2mri prepare`")
         try:
             self.meta = json.loads(meta_file.read_text(encoding="utf-8"))
-            split = json.loads((self.path / "split.json").read_text(encoding="utf-8"))
+            split = json.loads((self.path / SPLIT_FILE).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as error:
             raise CacheError(f"{self.path}: unreadable cache index ({error})") from None
         if self.meta.get("format") != CACHE_FORMAT:
@@ -244,9 +249,9 @@ class SliceCache:
         self.split_seed = split.get("seed")
         self.subjects = [SubjectRecord(**_tuple_rows(r)) for r in self.meta["subjects"]]
         try:
-            self.source = np.load(self.path / "source.npy", mmap_mode="r")
-            self.target = np.load(self.path / "target.npy", mmap_mode="r")
-            self.mask = np.load(self.path / "mask.npy", mmap_mode="r")
+            self.source = np.load(self.path / ARRAY_FILES["source"], mmap_mode="r")
+            self.target = np.load(self.path / ARRAY_FILES["target"], mmap_mode="r")
+            self.mask = np.load(self.path / ARRAY_FILES["mask"], mmap_mode="r")
         except (OSError, ValueError) as error:
             raise CacheError(f"{self.path}: unreadable cache arrays ({error})") from None
 
@@ -333,7 +338,7 @@ def resplit(cache_dir: Path, assignment: dict[str, str], out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        for name in ("source.npy", "target.npy", "mask.npy"):
+        for name in ARRAY_FILES.values():
             try:
                 os.link(cache.path / name, tmp / name)
             except OSError:

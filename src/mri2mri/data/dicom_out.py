@@ -40,12 +40,14 @@ from nibabel.orientations import (
     ornt_transform,
 )
 
+from mri2mri.data.dicom_in import DICOM_SUFFIX
 from mri2mri.errors import DataError, first_line
 
 # Stored value = round(unit value * STORED_PER_UNIT): a slope of 1e-4 is exact in a DS string.
 STORED_PER_UNIT = 10000
 RESCALE_SLOPE = 1.0 / STORED_PER_UNIT
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+SLICE_PREFIX = "IM"  # the series' files are IM00001.dcm, IM00002.dcm, ...
 # Patient space in DICOM is LPS, in NIfTI RAS: the first two axes change sign.
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # Module attributes copied from the input series (patient, general study, patient study).
@@ -85,7 +87,7 @@ def read_series_headers(folder: Path) -> list[Any]:
     headers = []
     for file in sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith(".")):
         try:
-            dataset = pydicom.dcmread(str(file), stop_before_pixels=True, force=file.suffix.lower() == ".dcm")
+            dataset = pydicom.dcmread(str(file), stop_before_pixels=True, force=file.suffix.lower() == DICOM_SUFFIX)
         except Exception:  # the reader has already refused damaged .dcm files; others are ignored
             continue
         if "ImagePositionPatient" in dataset and "SOPInstanceUID" in dataset:
@@ -218,8 +220,15 @@ def _slice_dataset(plane: np.ndarray, k: int, geometry: SliceGeometry, source: A
     ds.InstanceCreationDate, ds.InstanceCreationTime = shared["date"], shared["time"]
     ds.ContentDate, ds.ContentTime = shared["date"], shared["time"]
     ds.SeriesDate, ds.SeriesTime = shared["date"], shared["time"]
+    _set_patient_and_study(ds, source, shared)
+    _set_series(ds, k, info, shared)
+    _set_geometry(ds, geometry, source)
+    _set_pixels(ds, plane)
+    return ds
 
-    # Patient and study: the input's when there is one, else a new anonymous study.
+
+def _set_patient_and_study(ds: Any, source: Any, shared: dict[str, str]) -> None:
+    """Patient and study: the input's when there is one, else a new anonymous study."""
     if source is not None:
         for keyword in PATIENT_STUDY_KEYWORDS:
             if keyword in source:
@@ -240,7 +249,9 @@ def _slice_dataset(plane: np.ndarray, k: int, geometry: SliceGeometry, source: A
         ds.StudyInstanceUID = shared["StudyInstanceUID"]
     ds.PositionReferenceIndicator = ""
 
-    # Series and equipment: a new series made by this software.
+
+def _set_series(ds: Any, k: int, info: SeriesInfo, shared: dict[str, str]) -> None:
+    """Series and equipment: a new series made by this software."""
     ds.Modality = "MR"
     ds.SeriesInstanceUID = shared["SeriesInstanceUID"]
     ds.SeriesNumber = info.series_number
@@ -256,6 +267,12 @@ def _slice_dataset(plane: np.ndarray, k: int, geometry: SliceGeometry, source: A
     ds.SequenceVariant = "NONE"
     for keyword in ("ScanOptions", "MRAcquisitionType", "EchoTime", "RepetitionTime", "EchoTrainLength"):
         setattr(ds, keyword, None)  # type 2 attributes with no meaningful value
+
+
+def _set_geometry(ds: Any, geometry: SliceGeometry, source: Any) -> None:
+    """Where the slice lies: the input slice's geometry (and a reference to it), else the affine's."""
+    from pydicom.dataset import Dataset
+
     if source is not None:
         item = Dataset()
         item.ReferencedSOPClassUID = source.get("SOPClassUID", MR_IMAGE_STORAGE)
@@ -276,7 +293,9 @@ def _slice_dataset(plane: np.ndarray, k: int, geometry: SliceGeometry, source: A
     orientation = np.array([float(v) for v in ds.ImageOrientationPatient])
     ds.SliceLocation = _ds(float(position @ np.cross(orientation[:3], orientation[3:])))
 
-    # Pixels: unsigned 16-bit, the modality LUT maps them to the unit scale.
+
+def _set_pixels(ds: Any, plane: np.ndarray) -> None:
+    """Pixels: unsigned 16-bit, the modality LUT maps them to the unit scale."""
     stored = np.round(np.clip(plane, 0.0, None) * STORED_PER_UNIT)
     stored = np.clip(stored, 0, np.iinfo(np.uint16).max).astype(np.uint16)
     ds.Rows, ds.Columns = stored.shape
@@ -289,7 +308,17 @@ def _slice_dataset(plane: np.ndarray, k: int, geometry: SliceGeometry, source: A
     ds.WindowCenter, ds.WindowWidth = "0.5", "1"
     ds.LossyImageCompression = "00"
     ds.PixelData = np.ascontiguousarray(stored).astype("<u2").tobytes()
-    return ds
+
+
+def slice_file_name(number: int) -> str:
+    """The file of the ``number``-th slice (from 1) of a series this program writes."""
+    return f"{SLICE_PREFIX}{number:05d}{DICOM_SUFFIX}"
+
+
+def holds_only_written_series(folder: Path) -> bool:
+    """Whether ``folder`` is empty or holds only a series this program wrote."""
+    return all(p.is_file() and p.name.startswith(SLICE_PREFIX) and p.suffix == DICOM_SUFFIX
+               for p in folder.iterdir())  # fmt: skip
 
 
 def _ds(value: float) -> str:
@@ -315,7 +344,7 @@ def _save_atomically(folder: Path, datasets: list[Any], overwrite: bool) -> Path
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         for number, ds in enumerate(datasets, start=1):
-            ds.save_as(tmp / f"IM{number:05d}.dcm", enforce_file_format=True)
+            ds.save_as(tmp / slice_file_name(number), enforce_file_format=True)
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()  # an empty folder made for the series
         if folder.exists():

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mri2mri.data.cache import is_cache
-from mri2mri.data.io import is_nifti
+from mri2mri.data.formats import DICOM, is_volume_file, split_suffix
 from mri2mri.errors import ConfigError, DataError
 
 CONTRAST_ALIASES: dict[str, tuple[str, ...]] = {
@@ -75,11 +75,7 @@ def contrast_of(name: str) -> str | None:
 
 
 def _strip_suffix(name: str) -> str:
-    lower = name.lower()
-    for suffix in (".nii.gz", ".nii", ".dcm", ".png", ".tiff", ".tif"):
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    return split_suffix(name, folders=True)[0]
 
 
 def _contrast_token(name: str) -> tuple[str, int, int] | None:
@@ -178,7 +174,7 @@ def discover_pairs(root: Path | str, source: str | Sequence[str], target: str) -
         if entry.name.startswith(".") or is_cache(entry):
             continue
         contrast = contrast_of(entry.name)
-        if entry.is_file() and is_nifti(entry) and contrast:
+        if entry.is_file() and is_volume_file(entry) and contrast:
             subject = subject_key(entry.name) or root.name
             found.setdefault(subject, {}).setdefault(contrast, []).append(entry)
             layouts.setdefault(subject, "flat")
@@ -249,7 +245,7 @@ def _contrasts_in_subject_folder(folder: Path) -> dict[str, list[Path]]:
             contrast = contrast_of(entry.name)
             if (
                 entry.is_file()
-                and is_nifti(entry)
+                and is_volume_file(entry)
                 and contrast
                 or entry.is_dir()
                 and contrast
@@ -266,7 +262,7 @@ def _is_series_folder(folder: Path) -> bool:
     for entry in folder.iterdir():
         if not entry.is_file() or entry.name.startswith("."):
             continue
-        if entry.suffix.lower() == ".dcm":
+        if entry.suffix.lower() in DICOM.suffixes:
             return True
         if entry.suffix == "" and _has_dicom_marker(entry):
             return True

@@ -15,6 +15,8 @@ None``). The Otsu threshold is NumPy too, since scikit-image is only a test depe
    enough brain, cropped to the brain's bounding box, padded to a square, resized
    (:func:`resize_bilinear`); and :func:`slices_to_volume`, the exact inverse back onto the
    input file's grid.
+4. :func:`slice_volume` and :func:`square_image`: steps 1-3 in their order for one volume (or
+   one 2D image) and its sources; training's cache and prediction's input are both made by them.
 
 The geometry dict (``SubjectRecord.geometry``; JSON, lists for arrays)::
 
@@ -48,12 +50,15 @@ An ``"image"`` geometry has only ``version``, ``kind``, ``grid_file`` and the en
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-from mri2mri.data.io import Volume, canonical_to_original
+from mri2mri.config import DataConfig
+from mri2mri.data.volume import Volume, canonical_to_original
 from mri2mri.errors import DataError
 
 GEOMETRY_VERSION = 1
@@ -377,3 +382,99 @@ def slices_to_volume(
     if not original:
         return canonical
     return canonical_to_original(canonical, np.asarray(geometry["original_affine"]))
+
+
+# --------------------------------------------------------------------------------------------
+# 4. One input, mask to slices: the sequence training and prediction share
+
+
+@dataclass
+class Sliced:
+    """An input's sources (and, for training, its target) masked, normalised and sliced."""
+
+    slices: np.ndarray  # (n, C, S, S) float32 in [0, 1], the sources contrast-major
+    mask: np.ndarray  # (n, 1, S, S) bool, the brain mask on the slices
+    full_mask: np.ndarray  # the brain mask on the input's own (canonical or image) grid
+    slice_indices: np.ndarray  # (n,) axial indices of the canonical volume ([0] for an image)
+    geometry: dict[str, Any]
+    windows: list[tuple[float, float]]  # every source's (low, high) mapped to [0, 1], in order
+    target: np.ndarray | None = None  # (n, 1, S, S) float32 in [0, 1] when a target was given
+    target_window: tuple[float, float] | None = None
+
+
+def _normalised(arrays: Sequence[tuple[np.ndarray, str]], mask: np.ndarray, percentiles) -> list:
+    return [normalise(data, mask, percentiles, where=where) for data, where in arrays]
+
+
+def slice_volume(
+    sources: Sequence[tuple[np.ndarray, str]],
+    reference: Volume,
+    data_config: DataConfig,
+    *,
+    target: tuple[np.ndarray, str] | None = None,
+    min_brain_fraction: float | None = None,
+) -> Sliced:
+    """Mask, normalise and slice one subject: ``sources`` are ``(data, where)`` in channel order,
+    already on ``reference``'s canonical grid (the file they came from, for messages).
+
+    Training (:func:`mri2mri.data.preprocess.prepare_subject`) passes the ``target`` and
+    ``min_brain_fraction``; prediction (:func:`mri2mri.portable.prepare_volume`) neither. The
+    two differ on purpose in two steps only:
+
+    * the brain mask unites the first source and the target when there is one
+      (``brain_mask(source, target)``): a training pair is masked where either contrast shows
+      tissue, while a prediction has only its source to go by. On skull-stripped data (an
+      exactly-zero background) both are the non-zero voxels of co-registered images, so they
+      agree where it matters; every further source is normalised inside this same mask;
+    * training keeps the axial slices with at least ``min_brain_fraction`` brain; prediction
+      keeps every slice (:func:`mri2mri.predict.synthesise` runs those with any brain), so the
+      output covers the whole input volume.
+
+    An empty selection gives empty stacks; the caller says why.
+    """
+    first = sources[0][0]
+    mask = brain_mask(first, target[0]) if target is not None else brain_mask(first)
+    windows = _normalised(sources, mask, data_config.percentiles)
+    target_window = _normalised([target], mask, data_config.percentiles)[0] if target is not None else None
+    if min_brain_fraction is None:
+        indices = np.arange(mask.shape[2])
+    else:
+        indices = select_slices(mask, min_brain_fraction)
+    geometry = plan_geometry(mask, data_config.image_size, reference=reference,
+                             context_slices=data_config.context_slices)  # fmt: skip
+    stacks = [volume_to_slices(data01, geometry, indices, data_config.context_slices)
+              for data01, _, _ in windows]  # fmt: skip
+    return Sliced(
+        slices=stacks[0] if len(stacks) == 1 else np.concatenate(stacks, axis=1),
+        mask=volume_to_slices(mask.astype(np.float32), geometry, indices) >= 0.5,
+        full_mask=mask,
+        slice_indices=indices,
+        geometry=geometry,
+        windows=[(low, high) for _, low, high in windows],
+        target=None if target_window is None else volume_to_slices(target_window[0], geometry, indices),
+        target_window=None if target_window is None else target_window[1:],
+    )
+
+
+def square_image(
+    source: tuple[np.ndarray, str], data_config: DataConfig, grid_file: str, *,
+    target: tuple[np.ndarray, str] | None = None,
+) -> Sliced:
+    """Mask, normalise and square one 2D source image (and a training pair's ``target``): the
+    source is repeated over the context channels. As for volumes, the mask of a training pair
+    unites source and target (:func:`image_mask`), a prediction's is the source's alone."""
+    image = source[0]
+    mask = image_mask(image, target[0]) if target is not None else image_mask(image)
+    windows = _normalised([source] + ([target] if target is not None else []), mask, data_config.percentiles)
+    geometry = image_geometry(image.shape, data_config.image_size, data_config.context_slices, grid_file)
+    planes = np.repeat(windows[0][0][None, None], data_config.in_channels, axis=1)
+    return Sliced(
+        slices=planes_to_square(planes, geometry),
+        mask=planes_to_square(mask[None, None].astype(np.float32), geometry) >= 0.5,
+        full_mask=mask,
+        slice_indices=np.zeros(1, dtype=np.int64),
+        geometry=geometry,
+        windows=[windows[0][1:]],
+        target=None if target is None else planes_to_square(windows[1][0][None, None], geometry),
+        target_window=None if target is None else windows[1][1:],
+    )

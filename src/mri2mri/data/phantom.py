@@ -227,20 +227,48 @@ def simulate_subject(
 
     ``noise`` is the Rician noise level as a fraction of each contrast's bright-brain intensity
     (99th percentile); ``deformation_mm`` the largest displacement of the smooth warp.
+    The steps draw from ``rng`` in a fixed order (anatomy, lesion, tissue, then each contrast),
+    so one seed always gives one subject.
     """
     anatomy = load_anatomy()
-    gm_map, wm_map, brain_map = _prefiltered(voxel_size)
     # Output grid: voxel_size mm voxels covering the cropped template.
     shape = tuple(int(np.ceil(s / voxel_size)) for s in anatomy.brain.shape)
     offset = (voxel_size - 1.0) / 2.0  # output voxel centre in template voxel units
-    grid = np.indices(shape, dtype=np.float32).reshape(3, -1) * voxel_size + offset  # (3, N)
+    coords = _warped_grid(rng, anatomy, shape, voxel_size, offset, deformation_mm)
+    fractions, mask, has_lesion = _tissue_fractions(rng, coords, shape, voxel_size, lesion_probability)
+    tissue = _subject_tissue(rng, shape)
+    images = {contrast: _acquire(rng, SEQUENCES[contrast], fractions, tissue, mask, noise)
+              for contrast in contrasts}  # fmt: skip
+    affine = anatomy.affine @ np.array([
+        [voxel_size, 0, 0, offset], [0, voxel_size, 0, offset], [0, 0, voxel_size, offset],
+        [0, 0, 0, 1],
+    ])
+    return PhantomSubject(images=images, fractions=fractions, mask=mask, affine=affine,
+                          has_lesion=has_lesion)
 
-    # Subject-specific geometry: small affine about the brain centre, then a smooth warp.
+
+def _warped_grid(
+    rng: np.random.Generator, anatomy: Anatomy, shape: tuple[int, ...], voxel_size: float,
+    offset: float, deformation_mm: float,
+) -> np.ndarray:
+    """(3, N) template coordinates of the output voxels: a small random affine about the brain
+    centre, then a smooth random warp of at most ``deformation_mm``."""
+    grid = np.indices(shape, dtype=np.float32).reshape(3, -1) * voxel_size + offset  # (3, N)
     centre = (np.asarray(anatomy.brain.shape, dtype=np.float32) - 1.0) / 2.0
     linear = _rotation(np.deg2rad(rng.uniform(-4.0, 4.0, size=3))) * rng.uniform(0.95, 1.05)
     coords = linear @ (grid - centre[:, None]) + centre[:, None]
     for axis in range(3):
         coords[axis] += deformation_mm * smooth_field(rng, shape, nodes=5).ravel()
+    return coords
+
+
+def _tissue_fractions(
+    rng: np.random.Generator, coords: np.ndarray, shape: tuple[int, ...], voxel_size: float,
+    lesion_probability: float,
+) -> tuple[dict[str, np.ndarray], np.ndarray, bool]:
+    """``(fractions, mask, has_lesion)``: the template's tissue maps sampled at ``coords``, CSF
+    as what remains of the brain, and (with ``lesion_probability``) a lesion in deep white matter."""
+    gm_map, wm_map, brain_map = _prefiltered(voxel_size)
 
     def sample(volume: np.ndarray) -> np.ndarray:
         values = ndimage.map_coordinates(volume, coords, order=1, mode="constant", cval=0.0)
@@ -261,10 +289,22 @@ def simulate_subject(
             shrink = 1.0 - lesion / np.maximum(gm + wm, 1e-6)
             gm, wm = gm * shrink, wm * shrink
     csf = np.clip(brain - gm - wm - lesion, 0.0, 1.0)
-    fractions = {"wm": wm, "gm": gm, "csf": csf, "lesion": lesion}
+    return {"wm": wm, "gm": gm, "csf": csf, "lesion": lesion}, mask, has_lesion
 
-    # This subject's tissue parameters (a few per cent per tissue) and their smooth variation
-    # across the brain (a few per cent), so intensity is not a function of tissue class alone.
+
+@dataclass(frozen=True)
+class _SubjectTissue:
+    """One subject's tissue parameters, their smooth variation across the brain, and its coil."""
+
+    params: dict[str, Tissue]
+    t1_variation: np.ndarray
+    t2_variation: np.ndarray
+    coil_bias: np.ndarray
+
+
+def _subject_tissue(rng: np.random.Generator, shape: tuple[int, ...]) -> _SubjectTissue:
+    """This subject's tissue parameters (a few per cent per tissue) and their smooth variation
+    across the brain (a few per cent), so intensity is not a function of tissue class alone."""
     params = {
         name: Tissue(
             t1_ms=tissue.t1_ms * (1.0 + 0.03 * rng.standard_normal()),
@@ -276,31 +316,29 @@ def simulate_subject(
     t1_variation = 1.0 + 0.04 * smooth_field(rng, shape)
     t2_variation = 1.0 + 0.04 * smooth_field(rng, shape)
     coil_bias = np.exp(0.12 * smooth_field(rng, shape, nodes=3))
+    return _SubjectTissue(params, t1_variation, t2_variation, coil_bias)
 
-    images: dict[str, np.ndarray] = {}
-    for contrast in contrasts:
-        sequence = SEQUENCES[contrast]
-        signal = np.zeros(shape, np.float32)
-        for name, fraction in fractions.items():
-            tissue = params[name]
-            signal += fraction * spin_echo_signal(
-                tissue.proton_density, tissue.t1_ms * t1_variation, tissue.t2_ms * t2_variation,
-                sequence,
-            )
-        # Mostly the coil's sensitivity (shared), plus a little per sequence.
-        signal *= coil_bias * np.exp(0.03 * smooth_field(rng, shape, nodes=3))
-        sigma = noise * float(np.percentile(signal[mask], 99)) if mask.any() else 0.0
-        real = signal + sigma * rng.standard_normal(shape, dtype=np.float32)
-        imaginary = sigma * rng.standard_normal(shape, dtype=np.float32)
-        magnitude = np.sqrt(real**2 + imaginary**2)  # Rician
-        images[contrast] = np.where(mask, magnitude * 1000.0, 0.0).astype(np.float32)
 
-    affine = anatomy.affine @ np.array([
-        [voxel_size, 0, 0, offset], [0, voxel_size, 0, offset], [0, 0, voxel_size, offset],
-        [0, 0, 0, 1],
-    ])
-    return PhantomSubject(images=images, fractions=fractions, mask=mask, affine=affine,
-                          has_lesion=has_lesion)
+def _acquire(
+    rng: np.random.Generator, sequence: SpinEcho, fractions: dict[str, np.ndarray],
+    tissue: _SubjectTissue, mask: np.ndarray, noise: float,
+) -> np.ndarray:
+    """One contrast: the spin-echo signal mixed by partial volume, the coil's bias, Rician noise."""
+    shape = mask.shape
+    signal = np.zeros(shape, np.float32)
+    for name, fraction in fractions.items():
+        params = tissue.params[name]
+        signal += fraction * spin_echo_signal(
+            params.proton_density, params.t1_ms * tissue.t1_variation, params.t2_ms * tissue.t2_variation,
+            sequence,
+        )
+    # Mostly the coil's sensitivity (shared), plus a little per sequence.
+    signal *= tissue.coil_bias * np.exp(0.03 * smooth_field(rng, shape, nodes=3))
+    sigma = noise * float(np.percentile(signal[mask], 99)) if mask.any() else 0.0
+    real = signal + sigma * rng.standard_normal(shape, dtype=np.float32)
+    imaginary = sigma * rng.standard_normal(shape, dtype=np.float32)
+    magnitude = np.sqrt(real**2 + imaginary**2)  # Rician
+    return np.where(mask, magnitude * 1000.0, 0.0).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,14 +16,13 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+from mri2mri import console
 from mri2mri.config import DataConfig
 from mri2mri.data.cache import SPLITS, CacheWriter, SubjectRecord, SubjectSlices
 from mri2mri.data.discovery import canonical_contrast, contrast_of
-from mri2mri.data.geometry import image_geometry, image_mask, normalise, planes_to_square
-from mri2mri.data.io import is_image_2d, read_image_2d
-from mri2mri.data.preprocess import say
+from mri2mri.data.formats import is_image_2d
+from mri2mri.data.geometry import square_image
+from mri2mri.data.images import read_image_2d
 from mri2mri.errors import DataError
 
 
@@ -120,32 +119,24 @@ def image_pair_slices(pair: ImagePair, data_config: DataConfig) -> SubjectSlices
             f"{pair.target}: size {target.shape[1]}x{target.shape[0]} differs from its partner "
             f"{pair.source} ({source.shape[1]}x{source.shape[0]})"
         )
-    mask = image_mask(source, target)
-    windows = {
-        role: normalise(image, mask, data_config.percentiles, where=str(path))
-        for role, image, path in (("source", source, pair.source), ("target", target, pair.target))
-    }
-
-    geometry = image_geometry(
-        source.shape, data_config.image_size, data_config.context_slices, str(pair.target)
-    )
-    channels = data_config.in_channels
-    source_planes = np.repeat(windows["source"][0][None, None], channels, axis=1)
+    sliced = square_image((source, str(pair.source)), data_config, str(pair.target),
+                          target=(target, str(pair.target)))  # fmt: skip
     record = SubjectRecord(
         subject=pair.subject,
         split=pair.split,
         source_file=str(pair.source),
         target_file=str(pair.target),
         slice_indices=[0],
-        norm={role: {"low": low, "high": high} for role, (_, low, high) in windows.items()},
-        geometry=geometry,
+        norm={role: {"low": low, "high": high}
+              for role, (low, high) in (("source", sliced.windows[0]), ("target", sliced.target_window))},
+        geometry=sliced.geometry,
         kind="image",
     )
     return SubjectSlices(
         record=record,
-        source=planes_to_square(source_planes, geometry),
-        target=planes_to_square(windows["target"][0][None, None], geometry),
-        mask=planes_to_square(mask[None, None].astype(np.float32), geometry) >= 0.5,
+        source=sliced.slices,
+        target=sliced.target,
+        mask=sliced.mask,
     )
 
 
@@ -158,16 +149,14 @@ def write_image_cache(
     progress: bool = True,
 ) -> Path:
     """Write a slice cache of image pairs; the split is the folders'."""
-    from tqdm.auto import tqdm
-
     split: dict[str, list[str]] = {name: [] for name in SPLITS}
     with CacheWriter(
         cache_dir, fingerprint=fingerprint, data_config=dataclasses.asdict(data_config)
     ) as writer:
-        for pair in tqdm(pairs, desc="prepare", unit="pair", disable=not progress):
+        for pair in console.progress(pairs, desc="prepare", unit="pair", enabled=progress):
             writer.add(image_pair_slices(pair, data_config))
             split[pair.split].append(pair.subject)
         path = writer.commit(split, data_config.split_seed)
     counts = ", ".join(f"{len(split[name])} {name}" for name in SPLITS)
-    say(f"prepared {len(pairs)} image pairs ({counts}) -> {path}")
+    console.say(f"prepared {len(pairs)} image pairs ({counts}) -> {path}")
     return path

@@ -18,6 +18,9 @@ training did, without PyTorch:
    file's grid.
 5. :func:`split_subjects` and :func:`prepare`: split by subject, write the cache (or reuse it).
 
+Steps 2-4 run in one function, :func:`~mri2mri.data.geometry.slice_volume`, which prediction
+(:func:`mri2mri.portable.prepare_volume`) runs too; its docstring says where the two differ.
+
 The geometry dict (``SubjectRecord.geometry``: grid file, original and canonical shape and
 affine, crop, pad, sizes, registration) is documented at the top of
 :mod:`mri2mri.data.geometry`, beside the code that writes and inverts it.
@@ -28,13 +31,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mri2mri import console
 from mri2mri.config import DataConfig
+from mri2mri.data import png
 from mri2mri.data.cache import (
     CacheWriter,
     SliceCache,
@@ -44,17 +48,20 @@ from mri2mri.data.cache import (
     is_cache,
 )
 from mri2mri.data.discovery import (
+    Discovery,
     SubjectPair,
     canonical_contrast,
     canonical_sources,
     discover_pairs,
 )
-from mri2mri.data.geometry import (
+from mri2mri.data.geometry import (  # noqa: F401 (brain_mask ... volume_to_slices: re-exported)
+    Sliced,
     brain_mask,
     check_not_constant,
     normalise,
     plan_geometry,
     select_slices,
+    slice_volume,
     volume_to_slices,
 )
 from mri2mri.data.io import Volume, check_writable_folder, read_volume
@@ -79,11 +86,11 @@ SLICE_FIELDS = (
 
 def warn(message: str) -> None:
     """One warning line on stderr (bad subjects, odd inputs)."""
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+    console.note(f"warning: {message}")
 
 
 def say(message: str) -> None:
-    print(message, flush=True)
+    console.say(message)
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,7 +210,8 @@ def prepare_subject(pair: SubjectPair, data_config: DataConfig) -> SubjectSlices
 
     With several sources each one is put on the target's grid (registered when asked),
     normalised on its own, and its slices (with their context) stacked after the previous
-    source's: the contrast-major channel layout of the cache."""
+    source's: the contrast-major channel layout of the cache. Masking, normalising and slicing
+    are :func:`~mri2mri.data.geometry.slice_volume`, which prediction runs too."""
     sources = [read_volume(path) for path in pair.source_paths]
     target = read_volume(pair.target)
     for source in sources:
@@ -212,56 +220,50 @@ def prepare_subject(pair: SubjectPair, data_config: DataConfig) -> SubjectSlices
     aligned, registrations = [], []
     for source in sources:
         data, registration = _onto_target(pair, source, target, data_config)
-        aligned.append((source, data))
+        aligned.append((data, str(source.path)))
         registrations.append(registration)
-    (source, source_data), registration = aligned[0], registrations[0]
-
-    mask = brain_mask(source_data, target.data)
-    normalised = [normalise(data, mask, data_config.percentiles, where=str(volume.path))
-                  for volume, data in aligned]  # fmt: skip
-    source01, source_low, source_high = normalised[0]
-    target01, target_low, target_high = normalise(
-        target.data, mask, data_config.percentiles, where=str(target.path)
-    )
-    indices = select_slices(mask, data_config.min_brain_fraction)
-    if indices.size == 0:
+    sliced = slice_volume(aligned, target, data_config, target=(target.data, str(target.path)),
+                          min_brain_fraction=data_config.min_brain_fraction)  # fmt: skip
+    if sliced.slice_indices.size == 0:
         raise DataError(
             f"subject {pair.subject}: no axial slice of {pair.target} has "
             f"{data_config.min_brain_fraction:.0%} brain"
         )
-    geometry = plan_geometry(
-        mask, data_config.image_size, reference=target, context_slices=data_config.context_slices
-    )
-    geometry["registration"] = registration
-    geometry["resampled"] = registration is not None
+    geometry = sliced.geometry
+    geometry["registration"] = registrations[0]
+    geometry["resampled"] = registrations[0] is not None
     several = len(aligned) > 1
     if several:
         geometry["source_registrations"] = registrations
-    record = SubjectRecord(
+    return SubjectSlices(
+        record=_subject_record(pair, data_config, sliced),
+        source=sliced.slices,
+        target=sliced.target,
+        mask=sliced.mask,
+    )
+
+
+def _subject_record(pair: SubjectPair, data_config: DataConfig, sliced: Sliced) -> SubjectRecord:
+    """The cache's record of one prepared subject (its split is decided later, see prepare())."""
+    (source_low, source_high), (target_low, target_high) = sliced.windows[0], sliced.target_window
+    several = len(sliced.windows) > 1
+    return SubjectRecord(
         subject=pair.subject,
         split="",  # decided once every subject is known, see prepare()
         source_file=str(pair.source),
         target_file=str(pair.target),
-        slice_indices=[int(i) for i in indices],
+        slice_indices=[int(i) for i in sliced.slice_indices],
         norm={
             "source": {"low": source_low, "high": source_high},
             "target": {"low": target_low, "high": target_high},
             # Every source's own window, in channel order, when there are several.
             **({f"source:{contrast}": {"low": low, "high": high}
-                for contrast, (_, low, high) in zip(canonical_sources(data_config.source), normalised, strict=True)}
+                for contrast, (low, high) in zip(canonical_sources(data_config.source), sliced.windows, strict=True)}
                if several else {}),
         },
-        geometry=geometry,
+        geometry=sliced.geometry,
         kind="volume",
         source_files=[str(p) for p in pair.sources],
-    )
-    stacks = [volume_to_slices(data01, geometry, indices, data_config.context_slices)
-              for data01, _, _ in normalised]  # fmt: skip
-    return SubjectSlices(
-        record=record,
-        source=stacks[0] if not several else np.concatenate(stacks, axis=1),
-        target=volume_to_slices(target01, geometry, indices),
-        mask=volume_to_slices(mask.astype(np.float32), geometry, indices) >= 0.5,
     )
 
 
@@ -353,28 +355,41 @@ def prepare(
     Bad subjects are skipped with one warning line each; :class:`DataError` only when nothing
     usable remains. A failure never leaves a half-written cache.
     """
-    from mri2mri.data import png  # png imports this module's helpers
-
     data_path, cache_dir = Path(data_path), Path(cache_dir)
     data_config.validate()  # a config built by hand is checked as the command line's is
     _check_cache_location(data_path, cache_dir)
     check_writable_folder(cache_dir.parent, "slice cache", target=cache_dir)
     sources = canonical_sources(data_config.source, data_config.target)
     if png.is_png_pair_root(data_path):
-        if len(sources) > 1:
-            raise DataError(
-                f"{data_path}: PNG image pairs hold one source contrast; several sources "
-                f"({', '.join(sources)}) need volumes in subject folders or a CSV manifest"
-            )
-        pairs = png.discover_image_pairs(data_path, data_config.source, data_config.target)
-        files = [p for pair in pairs for p in (pair.source, pair.target)]
-        key = fingerprint(files, data_config)
-        if _reusable(cache_dir, key):
-            return cache_dir
-        return png.write_image_cache(
-            pairs, data_config, cache_dir, fingerprint=key, progress=progress
-        )
+        return _prepare_image_pairs(data_path, data_config, cache_dir, sources, progress)
+    discovery = _discover(data_path, data_config, sources)
+    manifest = [data_path] if data_path.is_file() else []
+    files = manifest + [p for pair in discovery.pairs for p in (*pair.source_paths, pair.target)]
+    key = fingerprint(files, data_config)
+    if _reusable(cache_dir, key):
+        return cache_dir
+    return _write_volume_cache(data_path, discovery, data_config, cache_dir, key, progress)
 
+
+def _prepare_image_pairs(
+    data_path: Path, data_config: DataConfig, cache_dir: Path, sources: tuple[str, ...], progress: bool
+) -> Path:
+    """:func:`prepare` for a PNG-pair root (:mod:`mri2mri.data.png`)."""
+    if len(sources) > 1:
+        raise DataError(
+            f"{data_path}: PNG image pairs hold one source contrast; several sources "
+            f"({', '.join(sources)}) need volumes in subject folders or a CSV manifest"
+        )
+    pairs = png.discover_image_pairs(data_path, data_config.source, data_config.target)
+    files = [p for pair in pairs for p in (pair.source, pair.target)]
+    key = fingerprint(files, data_config)
+    if _reusable(cache_dir, key):
+        return cache_dir
+    return png.write_image_cache(pairs, data_config, cache_dir, fingerprint=key, progress=progress)
+
+
+def _discover(data_path: Path, data_config: DataConfig, sources: tuple[str, ...]) -> Discovery:
+    """The subjects under ``data_path``, each problem warned about; DataError when none is left."""
     discovery = discover_pairs(data_path, data_config.source, data_config.target)
     for problem in discovery.problems:
         warn(problem)
@@ -384,21 +399,21 @@ def prepare(
             f"{data_path}: no subject with {'both' if len(sources) == 1 else 'all of'} "
             f"{', '.join(sources)} and {data_config.target} images found{detail}"
         )
-    manifest = [data_path] if data_path.is_file() else []
-    files = manifest + [p for pair in discovery.pairs for p in (*pair.source_paths, pair.target)]
-    key = fingerprint(files, data_config)
-    if _reusable(cache_dir, key):
-        return cache_dir
+    return discovery
 
+
+def _write_volume_cache(
+    data_path: Path, discovery: Discovery, data_config: DataConfig, cache_dir: Path, key: str,
+    progress: bool,
+) -> Path:
+    """Prepare every subject (a bad one is warned about and skipped), split, write the cache."""
     skipped = discovery.skipped  # subjects, not problem lines (one subject may have two)
     kept: list[SubjectRecord] = []
     n_slices = 0
-    from tqdm.auto import tqdm
-
     with cleanup_on_terminate(), CacheWriter(
         cache_dir, fingerprint=key, data_config=dataclasses.asdict(data_config)
     ) as writer:
-        for pair in tqdm(discovery.pairs, desc="prepare", unit="subject", disable=not progress):
+        for pair in console.progress(discovery.pairs, desc="prepare", unit="subject", enabled=progress):
             try:
                 item = prepare_subject(pair, data_config)
             except DataError as error:

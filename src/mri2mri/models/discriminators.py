@@ -7,6 +7,7 @@ sigmoid for figures). The intermediate maps feed the feature-matching loss.
 
 Read top to bottom: the shared interface, the report's simplified PatchGAN, the pix2pix 70x70
 PatchGAN, the pix2pixHD multi-scale discriminator, and spectral normalisation.
+Shape comments write ``b`` for ``base_channels``.
 """
 
 from __future__ import annotations
@@ -80,12 +81,12 @@ class BasicDiscriminator(_SingleScaleDiscriminator):
                 nn.Sequential(
                     nn.Conv2d(source_channels + target_channels, b, 4, stride=2, padding=1),
                     nn.LeakyReLU(0.2),
-                ),  # (B, 64, H/2, W/2)
+                ),  # (B, b, H/2, W/2)
                 nn.Sequential(
                     nn.Conv2d(b, 2 * b, 4, stride=2, padding=1),
                     make_norm(norm, 2 * b),
                     nn.LeakyReLU(0.2),
-                ),  # (B, 128, H/4, W/4)
+                ),  # (B, 2b, H/4, W/4)
                 nn.Conv2d(2 * b, 1, 4, stride=1, padding=0),  # (B, 1, H/4 - 3, W/4 - 3) logits
             ]
         )
@@ -119,7 +120,7 @@ class PatchDiscriminator(_SingleScaleDiscriminator):
             nn.Sequential(
                 nn.Conv2d(source_channels + target_channels, b, 4, stride=2, padding=1),
                 nn.LeakyReLU(0.2),
-            )  # (B, 64, H/2, W/2)
+            )  # (B, b, H/2, W/2)
         ]
         # pix2pix PatchGAN: stride-2 Ck blocks, widths doubling up to 8 * base.
         width = b
@@ -139,7 +140,7 @@ class PatchDiscriminator(_SingleScaleDiscriminator):
                 nn.Conv2d(previous, width, 4, stride=1, padding=1, bias=bias),
                 make_norm(norm, width),
                 nn.LeakyReLU(0.2),
-            )  # (B, 512, H / 2**n_layers - 1, W / 2**n_layers - 1)
+            )  # (B, width, H / 2**n_layers - 1, W / 2**n_layers - 1)
         )
         # (B, 1, H / 2**n_layers - 2, W / 2**n_layers - 2) logits
         stages.append(nn.Conv2d(width, 1, 4, stride=1, padding=1))

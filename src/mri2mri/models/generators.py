@@ -6,6 +6,7 @@ skip connections line up) and ``minimum_size``; ``mri2mri.models.check_image_siz
 
 Read top to bottom: the report's encoder-decoder and U-Net, then the larger networks of
 the report's future work (the Johnson/CycleGAN ResNet generator and the pix2pix 8-level U-Net).
+Shape comments write ``b`` for ``base_channels`` (64 in the report, 32 by default here).
 """
 
 from __future__ import annotations
@@ -46,15 +47,15 @@ class BasicGenerator(nn.Module):
         b = base_channels
         # Report, generator "basic": encoder.
         self.encoder = nn.Sequential(
-            nn.Conv2d(in_channels, b, kernel_size=4, stride=2, padding=1),  # (B, 64, H/2, W/2)
+            nn.Conv2d(in_channels, b, kernel_size=4, stride=2, padding=1),  # (B, b, H/2, W/2)
             nn.LeakyReLU(0.2),
-            nn.Conv2d(b, 2 * b, kernel_size=4, stride=2, padding=1),  # (B, 128, H/4, W/4)
+            nn.Conv2d(b, 2 * b, kernel_size=4, stride=2, padding=1),  # (B, 2b, H/4, W/4)
             make_norm(norm, 2 * b),
             nn.LeakyReLU(0.2),
         )
         # Report, generator "basic": decoder.
         self.decoder = nn.Sequential(
-            upsample_conv(2 * b, b, upsample),  # (B, 64, H/2, W/2)
+            upsample_conv(2 * b, b, upsample),  # (B, b, H/2, W/2)
             make_norm(norm, b),
             nn.ReLU(),
             upsample_conv(b, out_channels, upsample),  # (B, out, H, W)
@@ -100,14 +101,14 @@ class UNetGenerator(_FullOptionsGenerator):
         super().__init__()
         b = base_channels
         # Report, U-Net encoder: the first DownBlock has no normalisation.
-        self.down1 = DownBlock(in_channels, b, norm="none")  # (B, 64, H/2, W/2)
-        self.down2 = DownBlock(b, 2 * b, norm)  # (B, 128, H/4, W/4)
-        self.down3 = DownBlock(2 * b, 4 * b, norm)  # (B, 256, H/8, W/8)
-        self.down4 = DownBlock(4 * b, 8 * b, norm)  # (B, 512, H/16, W/16)
+        self.down1 = DownBlock(in_channels, b, norm="none")  # (B, b, H/2, W/2)
+        self.down2 = DownBlock(b, 2 * b, norm)  # (B, 2b, H/4, W/4)
+        self.down3 = DownBlock(2 * b, 4 * b, norm)  # (B, 4b, H/8, W/8)
+        self.down4 = DownBlock(4 * b, 8 * b, norm)  # (B, 8b, H/16, W/16)
         # Report, U-Net decoder: each UpBlock concatenates the matching encoder features.
-        self.up1 = UpBlock(8 * b, 4 * b, norm, dropout, upsample)  # (B, 256+256, H/8, W/8)
-        self.up2 = UpBlock(8 * b, 2 * b, norm, 0.0, upsample)  # (B, 128+128, H/4, W/4)
-        self.up3 = UpBlock(4 * b, b, norm, 0.0, upsample)  # (B, 64+64, H/2, W/2)
+        self.up1 = UpBlock(8 * b, 4 * b, norm, dropout, upsample)  # (B, 4b+4b, H/8, W/8)
+        self.up2 = UpBlock(8 * b, 2 * b, norm, 0.0, upsample)  # (B, 2b+2b, H/4, W/4)
+        self.up3 = UpBlock(4 * b, b, norm, 0.0, upsample)  # (B, b+b, H/2, W/2)
         self.final = nn.Sequential(
             upsample_conv(2 * b, out_channels, upsample),  # (B, out, H, W)
             nn.Tanh(),
@@ -172,17 +173,17 @@ class ResNetGenerator(_FullOptionsGenerator):
         # CycleGAN ResNet generator: stem.
         self.stem = nn.Sequential(
             nn.ReflectionPad2d(3),
-            nn.Conv2d(in_channels, b, kernel_size=7, bias=bias),  # (B, 64, H, W)
+            nn.Conv2d(in_channels, b, kernel_size=7, bias=bias),  # (B, b, H, W)
             make_norm(norm, b),
             nn.ReLU(),
         )
         # CycleGAN ResNet generator: two stride-2 downsamplings.
         self.down = nn.Sequential(
-            # (B, 128, H/2, W/2)
+            # (B, 2b, H/2, W/2)
             nn.Conv2d(b, 2 * b, kernel_size=3, stride=2, padding=1, bias=bias),
             make_norm(norm, 2 * b),
             nn.ReLU(),
-            # (B, 256, H/4, W/4)
+            # (B, 4b, H/4, W/4)
             nn.Conv2d(2 * b, 4 * b, kernel_size=3, stride=2, padding=1, bias=bias),
             make_norm(norm, 4 * b),
             nn.ReLU(),
@@ -193,11 +194,11 @@ class ResNetGenerator(_FullOptionsGenerator):
         )
         # CycleGAN ResNet generator: two upsamplings and the 7x7 output convolution.
         self.up = nn.Sequential(
-            # (B, 128, H/2, W/2)
+            # (B, 2b, H/2, W/2)
             upsample_conv(4 * b, 2 * b, upsample, bias=bias, transpose_kernel=3),
             make_norm(norm, 2 * b),
             nn.ReLU(),
-            upsample_conv(2 * b, b, upsample, bias=bias, transpose_kernel=3),  # (B, 64, H, W)
+            upsample_conv(2 * b, b, upsample, bias=bias, transpose_kernel=3),  # (B, b, H, W)
             make_norm(norm, b),
             nn.ReLU(),
         )
