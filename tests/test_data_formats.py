@@ -39,7 +39,7 @@ def test_output_names_follow_the_table():
 def test_unknown_volume_file_is_refused_naming_the_formats(tmp_path):
     path = tmp_path / "x.txt"
     path.write_text("no image")
-    with pytest.raises(DataError, match=r"not a NIfTI file \(\.nii or \.nii\.gz\) or a DICOM folder"):
+    with pytest.raises(DataError, match=r"not a NIfTI file \(\.nii or \.nii\.gz\) or a MetaImage/NRRD file \(\.mha or \.nrrd\) or a DICOM folder"):
         formats.read_volume(path)
 
 
@@ -64,3 +64,46 @@ def test_a_new_volume_format_is_one_table_entry_and_its_reader(tmp_path, monkeyp
     assert input_kind(found.pairs[0].source) == "volume"
     assert output_name(found.pairs[0].source, "volume") == "T1_synth.nii.gz"  # written as NIfTI
 
+
+@pytest.mark.parametrize("suffix", [".mha", ".nrrd"])
+def test_a_metaimage_or_nrrd_volume_reads_like_the_same_volume_in_nifti(tmp_path, suffix):
+    """The same oblique, anisotropic volume saved by SimpleITK and by nibabel gives the same
+    canonical data and affine, and predict/discovery treat it as a volume."""
+    import nibabel as nib
+    import SimpleITK as sitk
+
+    from mri2mri.data.io import read_volume
+
+    rng = np.random.default_rng(0)
+    data = rng.random((7, 9, 5), dtype=np.float32)  # (x, y, z)
+    image = sitk.GetImageFromArray(np.transpose(data, (2, 1, 0)))  # ITK arrays are (z, y, x)
+    image.SetSpacing((0.9, 1.1, 3.0))
+    image.SetOrigin((10.0, -20.0, 30.0))
+    angle = np.deg2rad(20)
+    image.SetDirection((np.cos(angle), -np.sin(angle), 0.0, np.sin(angle), np.cos(angle), 0.0, 0.0, 0.0, 1.0))
+    itk_path = tmp_path / f"sub-01_T1{suffix}"
+    sitk.WriteImage(image, str(itk_path))
+    # The same geometry written the NIfTI way: RAS affine = diag(-1, -1, 1) @ LPS.
+    lps = np.eye(4)
+    lps[:3, :3] = np.asarray(image.GetDirection()).reshape(3, 3) @ np.diag(image.GetSpacing())
+    lps[:3, 3] = image.GetOrigin()
+    nifti_path = tmp_path / "same.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps), nifti_path)
+
+    from_itk, from_nifti = read_volume(itk_path), read_volume(nifti_path)
+    np.testing.assert_array_equal(from_itk.data, from_nifti.data)
+    np.testing.assert_allclose(from_itk.affine, from_nifti.affine, atol=1e-5)
+    assert from_itk.original_shape == from_nifti.original_shape == (7, 9, 5)
+    assert input_kind(itk_path) == "volume"
+    assert output_name(itk_path, "volume") == "sub-01_T1_synth.nii.gz"
+
+
+def test_a_2d_metaimage_is_refused_naming_the_file(tmp_path):
+    import SimpleITK as sitk
+
+    from mri2mri.data.io import read_volume
+
+    path = tmp_path / "flat.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 5), dtype=np.float32)), str(path))
+    with pytest.raises(DataError, match="flat.mha: 2D image"):
+        read_volume(path)

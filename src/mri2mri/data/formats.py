@@ -24,6 +24,7 @@ from typing import Any
 from mri2mri.data.dicom_in import DICOM_SUFFIX, read_dicom_series
 from mri2mri.data.dicom_out import write_dicom_series
 from mri2mri.data.images import read_image_2d, write_image_16bit
+from mri2mri.data.itk_image import read_itk_volume
 from mri2mri.data.nifti import read_nifti, write_nifti
 from mri2mri.data.volume import Volume
 from mri2mri.errors import DataError
@@ -45,7 +46,8 @@ NIFTI = Format("NIfTI", "volume", (".nii", ".nii.gz"), read_nifti, write_nifti)
 DICOM = Format("DICOM", "volume", (DICOM_SUFFIX,), read_dicom_series, write_dicom_series, folder=True)
 PNG = Format("PNG", "image", (".png",), read_image_2d, write_image_16bit)
 TIFF = Format("TIFF", "image", (".tif", ".tiff"), read_image_2d, write_image_16bit)
-FORMATS: tuple[Format, ...] = (NIFTI, DICOM, PNG, TIFF)
+ITK = Format("MetaImage/NRRD", "volume", (".mha", ".nrrd"), read_itk_volume)  # read only: NIfTI out
+FORMATS: tuple[Format, ...] = (NIFTI, DICOM, PNG, TIFF, ITK)
 
 NIFTI_SUFFIXES = NIFTI.suffixes
 IMAGE_SUFFIXES = tuple(s for f in FORMATS if f.kind == "image" for s in f.suffixes)
