@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from mri2mri.config import ModelConfig
+from mri2mri.config import ModelConfig, replace
 from mri2mri.errors import ConfigError
 from mri2mri.models import (
     DISCRIMINATORS,
@@ -305,3 +305,14 @@ def test_count_parameters_trainable_only():
     assert count_parameters(generator, trainable_only=True) == total - frozen
     assert count_parameters(generator) == total
 
+
+def test_resnet_blocks_sets_the_depth_of_the_resnet_generator():
+    from mri2mri.cli import build_parser
+    from mri2mri.options import config_from_args
+
+    args = build_parser().parse_args(["train", "data", "--generator", "resnet9", "--resnet-blocks", "3"])
+    config = config_from_args(args, image_size=32)
+    G = build_generator(replace(config.model, residual="none"))
+    assert len(G.blocks) == 3
+    assert G(torch.zeros(1, 1, 32, 32)).shape == (1, 1, 32, 32)
+    assert len(build_generator(ModelConfig(generator="resnet9", residual="none")).blocks) == 9  # CycleGAN's

@@ -195,6 +195,8 @@ class ModelConfig:
     disc_layers: int = field(default=3, metadata=option("layers of the 70x70 PatchGAN"))
     disc_scales: int = field(default=2, metadata=option("scales of the multi-scale PatchGAN"))
     spectral_norm: bool = field(default=False, metadata=option("spectral normalisation in the discriminator"))
+    resnet_blocks: int = field(default=9, metadata=option(
+        "residual blocks of the resnet9 generator at 1/4 resolution (CycleGAN: 9 at 256 px, 6 at 128)"))  # fmt: skip
     # "intensity-map": G's output is a correction added to the intensity-map baseline's image of
     # its input (models/residual.py; the table is fitted on the training subjects); "none": G
     # makes the whole image, as in the report. Configurations saved before this option existed
@@ -221,6 +223,7 @@ class ModelConfig:
         check_number("--dropout", self.dropout, 0.0, 1.0, high_open=True)
         check_int("--disc-layers", self.disc_layers, 1, MAX_DISC_LAYERS)
         check_int("--disc-scales", self.disc_scales, 1, MAX_DISC_SCALES)
+        check_int("--resnet-blocks", self.resnet_blocks, 1, 64)
 
 
 @dataclass(frozen=True)

@@ -209,6 +209,11 @@ class ResNetGenerator(_FullOptionsGenerator):
         )
         self.apply(init_gan_weights)
 
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> ResNetGenerator:
+        return cls(cfg.in_channels, cfg.out_channels, cfg.base_channels, cfg.norm, cfg.dropout, cfg.upsample,
+                   n_blocks=cfg.resnet_blocks)  # fmt: skip
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.up(self.blocks(self.down(self.stem(x)))))
 
