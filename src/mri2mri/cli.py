@@ -27,7 +27,7 @@ from mri2mri.config import (
     preset_changes,
 )
 from mri2mri.errors import ConfigError, UserError
-from mri2mri.options import add_config_options, check_run, config_from_args, part_from_args
+from mri2mri.options import add_config_options, check_run, config_from_args, help_of, part_from_args
 from mri2mri.runfolder import RunFolder, RunLock, check_run_folder_location, write_split
 from mri2mri.threads import apply_thread_policy
 
@@ -358,7 +358,7 @@ def _add_predict(sub) -> None:
     pr.add_argument("--register", action="store_true",
                     help="several sources: rigidly register each input to the first before resampling")  # fmt: skip
     pr.add_argument("--device", default="auto")
-    pr.add_argument("--precision", default="auto", help=_help_of_field(TrainConfig, "precision"))
+    pr.add_argument("--precision", default="auto", help=help_of(TrainConfig, "precision"))
     pr.add_argument("--batch-size", type=int, default=16)
     pr.add_argument("--overwrite", action="store_true")
     pr.add_argument("--output-format", default="auto", choices=("auto", "nifti", "dicom"), help=OUTPUT_FORMAT_HELP)
@@ -378,12 +378,6 @@ OUTPUT_FORMAT_HELP = (
     "slices (Source Image Sequence); from a NIfTI input the geometry comes from the affine, the study "
     "and patient UIDs are new and there is no Source Image Sequence"
 )
-
-
-def _help_of_field(kind: type, name: str) -> str:
-    import dataclasses
-
-    return next(f for f in dataclasses.fields(kind) if f.name == name).metadata["cli"]["help"]
 
 
 def _add_export(sub) -> None:

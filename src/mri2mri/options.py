@@ -34,7 +34,15 @@ _TYPES = {"int": int, "float": float, "str": str}
 
 
 def _spec(field: dataclasses.Field) -> dict[str, Any] | None:
-    return field.metadata.get("cli", {}) if "cli" in field.metadata else {}
+    """A field's command-line description: None for an internal field, {} for one without help."""
+    return field.metadata.get("cli", {})
+
+
+def help_of(kind: type, name: str) -> str:
+    """The help text of field ``name`` of ``kind``, for a command that offers it outside a run
+    configuration (``predict --precision``)."""
+    field = next(f for f in dataclasses.fields(kind) if f.name == name)
+    return (_spec(field) or {}).get("help", "")
 
 
 def cli_fields(kind: type) -> list[dataclasses.Field]:
