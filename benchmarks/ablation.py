@@ -22,6 +22,7 @@ Per-fold rows and the summary go to ``benchmarks/results/quality.json`` and ``qu
     python benchmarks/ablation.py --steps 600 --configs default plain --skip-builtin
     python benchmarks/ablation.py --steps 800 --configs default t1-t1c --folds TCGA-DU-7294  # one fold
     python benchmarks/ablation.py --budget 5 --quick           # a smoke test of the script
+    python benchmarks/ablation.py --skip-builtin --finished-only  # tables of a benchmark stopped early
 """
 
 from __future__ import annotations
@@ -107,14 +108,17 @@ def mri2mri(*args: str, log: list[str]) -> None:
 
 
 def run_config(name: str, seed: int, cache: Path, runs: Path, schedule: list[str], args: argparse.Namespace,
-               log: list[str]) -> Path:  # fmt: skip
-    """Train and test one configuration on one fold (reusing a finished run of the same name)."""
+               log: list[str]) -> Path | None:  # fmt: skip
+    """Train and test one configuration on one fold (reusing a finished run of the same name);
+    None for a run not finished yet when only finished runs are wanted."""
     run = runs / f"{name}-s{seed}"
     if schedule and schedule[0] == "--steps":  # whole epochs nearest to that many steps on this fold
         from mri2mri.data.cache import SliceCache
 
         per_epoch = max(len(SliceCache(cache).rows("train")) // args.batch_size, 1)
         schedule = ["--epochs", str(max(round(int(schedule[1]) / per_epoch), 1))]
+    if not (run / "metrics.json").is_file() and args.finished_only:
+        return None
     if not (run / "metrics.json").is_file():
         if run.exists():
             shutil.rmtree(run)
@@ -210,6 +214,8 @@ def evaluate_dataset(folds: list[tuple[str, Path]], configs: list[str], seeds: l
         for name in configs:
             for fold, cache in folds:
                 run = run_config(name, seed, cache, cache.parent / f"runs-{fold}", schedule, args, log)
+                if run is None:
+                    continue
                 scores = fold_scores(run)
                 table = scores["intensity-map"]
                 rows.append({"fold": fold, "method": name, "seed": seed, "run": str(run),
@@ -284,6 +290,9 @@ def main() -> int:
                         help="hold out only these patients (a quicker screen; the default holds out each)")
     parser.add_argument("--skip-builtin", action="store_true")
     parser.add_argument("--skip-real", action="store_true")
+    parser.add_argument("--finished-only", action="store_true",
+                        help="summarise the runs already finished in --out and train nothing (a benchmark "
+                             "stopped early; run it again without this to finish it)")  # fmt: skip
     parser.add_argument("--tag", default="quality", help="name of the result files in benchmarks/results/")
     parser.add_argument("--quick", action="store_true", help="tiny phantom only, for a smoke test")
     args = parser.parse_args()
@@ -296,6 +305,8 @@ def main() -> int:
         schedule, budget_text = ["--steps", str(args.steps)], f"about {args.steps} steps (whole epochs)"
     else:
         schedule, budget_text = ["--epochs", "100000", "--time-budget", str(args.budget)], f"{args.budget:.0f} s"
+    if args.finished_only:
+        budget_text += " (the runs finished so far)"
     report: dict[str, object] = {"budget_s": None if args.steps else args.budget, "steps": args.steps,
                                  "seeds": args.seeds, "image_size": args.image_size, "batch_size": args.batch_size,
                                  "configs": {n: CONFIGS[n] for n in args.configs}, "datasets": {}}  # fmt: skip
