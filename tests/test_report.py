@@ -150,12 +150,6 @@ def test_comparison_report(tmp_path):
 SOURCE = Path(__file__).resolve().parents[1] / "src" / "mri2mri"
 
 
-def test_only_the_text_module_holds_chinese():
-    cjk = re.compile(r"[\u4e00-\u9fff]")
-    holding = sorted(str(p.relative_to(SOURCE)) for p in SOURCE.rglob("*.py") if cjk.search(p.read_text("utf-8")))
-    assert holding == ["text.py"]
-
-
 def test_run_folder_file_names_are_spelled_by_the_run_folder_only():
     names = ("metrics.json", "history.csv", "predictions_preview.npz", "run_summary.json", "config.json",
              "split.json", "test_metrics.csv", "report.html", "cache.json", '/ "figures"', '/ "viewer"')
