@@ -71,6 +71,11 @@ CONFIGS: dict[str, list[str]] = {
     # --image-size 128`, `mri2mri train outputs/pre/cache --out outputs/pre/run --epochs 4`.
     "phantom-init": ["--init-from", "outputs/pre/run"],
     "mse-ema": ["--lambda-l1", "0", "--lambda-l2", "1000", "--ema", "0.999"],
+    # Heavier source-only intensity randomisation than the default's (another scanner's contrast).
+    "aug-strong": ["--augment-curve-probability", "0.9", "--augment-curve-strength", "0.9",
+                   "--augment-gamma-probability", "0.5", "--augment-log-gamma", "0.4",
+                   "--augment-bias-probability", "0.6", "--augment-bias-coefficients", "0.5"],
+    "no-residual": ["--residual", "none"],
 }
 # Configurations that need their own prepared slices: `mri2mri prepare` arguments.
 PREPARE: dict[str, list[str]] = {"context1": ["--context-slices", "1"]}
@@ -82,6 +87,9 @@ PREPARE["t1-t1c-flair"] = ["--source", "T1,T1c,FLAIR"]
 CONFIGS["t1-t1c-flair"] = ["--source", "T1,T1c,FLAIR"]
 PREPARE["flair"] = ["--source", "FLAIR"]
 CONFIGS["flair"] = ["--source", "FLAIR"]
+# The default before N4 bias correction of the source became part of the preparation.
+PREPARE["no-n4"] = ["--bias-correction", "none"]
+CONFIGS["no-n4"] = []
 METRICS = ("psnr_mask", "ssim_mask", "mae_mask", "volume_psnr")
 BASELINES = ("intensity-map", "identity", "linear-regression")  # the last only for several sources
 
@@ -94,9 +102,12 @@ def baseline_label(name: str, baseline: str) -> str:
     """A baseline depends on the sources (intensity-map reads the first, linear-regression all):
     a configuration of other sources names its own, e.g. ``intensity-map (FLAIR)``."""
     prepare = PREPARE.get(name, [])
+    notes = []
     if "--source" in prepare:
-        return f"{baseline} ({prepare[prepare.index('--source') + 1]})"
-    return baseline
+        notes.append(prepare[prepare.index("--source") + 1])
+    if "--bias-correction" in prepare and prepare[prepare.index("--bias-correction") + 1] == "none":
+        notes.append("no N4")
+    return f"{baseline} ({', '.join(notes)})" if notes else baseline
 DEMO_IMAGE_SIZE, DEMO_EPOCHS = 128, 30  # `mri2mri demo` on a CPU
 
 

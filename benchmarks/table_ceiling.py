@@ -18,7 +18,8 @@ Where the oracle table barely beats the constant, the source's intensity carries
 target's on that patient, and a model must get its gain from spatial context alone. Writes
 ``benchmarks/results/table_ceiling.json`` and ``.md``.
 
-    python benchmarks/table_ceiling.py                      # real patients, 256 px
+    python benchmarks/table_ceiling.py                      # real patients, 256 px, N4 as train
+    python benchmarks/table_ceiling.py --bias-correction none   # the sources as they are
     python benchmarks/table_ceiling.py --cache CACHE_DIR    # any prepared cache
 """
 
@@ -123,14 +124,17 @@ def main() -> int:
     parser.add_argument("--cache", type=Path, default=None, help="a prepared cache (default: the real patients)")
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--real", type=Path, default=REAL_DATA)
+    parser.add_argument("--bias-correction", choices=("n4", "none"), default="n4",
+                        help="the sources' N4 correction when preparing the real patients (default: n4, as train)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     cache = args.cache
     if cache is None:
-        cache = ROOT / "outputs" / "quality" / "ceiling" / f"cache{args.image_size}"
+        cache = ROOT / "outputs" / "quality" / "ceiling" / f"cache{args.image_size}-{args.bias_correction}"
         if not (cache / "cache.json").is_file():
             subprocess.run([sys.executable, "-m", "mri2mri", "prepare", str(args.real), "--out", str(cache),
-                            "--image-size", str(args.image_size), "--quiet"], check=True, cwd=ROOT)  # fmt: skip
+                            "--image-size", str(args.image_size), "--bias-correction", args.bias_correction,
+                            "--quiet"], check=True, cwd=ROOT)  # fmt: skip
     results = ceiling(cache)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "table_ceiling.json").write_text(json.dumps({"cache": str(cache), "results": results}, indent=2) + "\n")

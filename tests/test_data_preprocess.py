@@ -454,7 +454,8 @@ def test_prepare_real_mri(tmp_path):
     assert all(len(cache.split[name]) == 1 for name in ("train", "val", "test"))
     assert cache.source.shape[1:] == (1, 64, 64)
     highs = {r.subject: r.norm["source"]["high"] for r in cache.subjects}
-    assert highs["TCGA-DU-7294"] <= 1.0 < 100.0 < highs["BraTS-GLI-00001-000"]  # three scales
+    # Three scales (the N4 field keeps a volume's scale to within a few per cent).
+    assert highs["TCGA-DU-7294"] <= 2.0 < 100.0 < highs["BraTS-GLI-00001-000"]
     for record in cache.subjects:
         start, stop = record.rows
         source = np.asarray(cache.source[start:stop])

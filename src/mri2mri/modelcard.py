@@ -118,7 +118,8 @@ def _training_data_lines(config: RunConfig, folder: RunFolder | None,
         f"- 2.5D context: {data.context_slices} neighbouring slice(s) on each side "
         f"({model.in_channels} input channels).",
         f"- Intensities: per-volume window [{data.percentiles[0]:g}, {data.percentiles[1]:g}] percentiles "
-        "of brain voxels mapped to [0, 1].",
+        "of brain voxels mapped to [0, 1]"
+        + ("; each source's N4 bias field divided out first." if data.bias_correction == "n4" else "."),
     ]
     if source_reference:
         lines.append(

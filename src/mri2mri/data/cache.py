@@ -32,12 +32,14 @@ import signal
 import tempfile
 import threading
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mri2mri import console
+from mri2mri.config import DataConfig
 from mri2mri.data.io import default_dir_mode
 from mri2mri.errors import DataError
 
@@ -353,3 +355,28 @@ def resplit(cache_dir: Path, assignment: dict[str, str], out_dir: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+# How a cache's slices were made that prediction must repeat on a new volume. A model trained on
+# a prepared cache saw the cache's choice, whatever the command line of `train` said.
+PREDICTION_FIELDS = {"bias_correction": "none", "percentiles": (0.5, 99.5)}  # values before recorded
+
+
+def adopt_cache_preparation(cache_dir: Path | str, data_config: DataConfig) -> DataConfig:
+    """``data_config`` with the preparation the slice cache at ``cache_dir`` was made with, so
+    that the run records (and ``predict`` repeats) what the model saw. A value that differs from
+    both the cache's and the default was asked for, and the warning says it is not used."""
+    recorded = SliceCache(cache_dir).meta.get("data_config", {})
+    defaults = DataConfig()
+    changes = {}
+    for name, before in PREDICTION_FIELDS.items():
+        value = recorded.get(name, before)
+        value = tuple(float(v) for v in value) if isinstance(value, list) else value
+        if value == getattr(data_config, name):
+            continue
+        changes[name] = value
+        if getattr(data_config, name) != getattr(defaults, name):
+            shown = " ".join(f"{v:g}" for v in value) if isinstance(value, tuple) else value
+            console.note(f"warning: {cache_dir}: cache was prepared with --{name.replace('_', '-')} {shown}; "
+                         "the run uses that")
+    return replace(data_config, **changes) if changes else data_config

@@ -10,7 +10,8 @@ None``). The Otsu threshold is NumPy too, since scikit-image is only a test depe
    background is exactly zero (skull-stripped data), else an Otsu head mask with holes filled
    (volumes) or every pixel (images).
 2. :func:`normalise`: clip to percentiles of brain voxels, scale to [0, 1]; ``low``/``high`` are
-   kept so that :func:`denormalise` maps outputs back.
+   kept so that :func:`denormalise` maps outputs back. Before it, each source volume's N4 bias
+   field is divided out (:mod:`mri2mri.data.bias`, ``DataConfig.bias_correction``).
 3. :func:`select_slices`, :func:`plan_geometry`, :func:`volume_to_slices`: axial slices with
    enough brain, cropped to the brain's bounding box, padded to a square, resized
    (:func:`resize_bilinear`); and :func:`slices_to_volume`, the exact inverse back onto the
@@ -406,6 +407,19 @@ def _normalised(arrays: Sequence[tuple[np.ndarray, str]], mask: np.ndarray, perc
     return [normalise(data, mask, percentiles, where=where) for data, where in arrays]
 
 
+def _bias_corrected(sources: Sequence[tuple[np.ndarray, str]], data_config: DataConfig,
+                    spacing: Sequence[float]) -> list[tuple[np.ndarray, str]]:  # fmt: skip
+    """The source volumes with their N4 bias field divided out when ``data_config`` asks for it.
+    Each field is fitted inside that source's own mask, so that training (which masks with the
+    target too) and prediction (the source alone) correct a source identically. The target is
+    never corrected: it is what the metrics score against, and what the model must reproduce."""
+    if data_config.bias_correction == "none":
+        return list(sources)
+    from mri2mri.data.bias import n4_correct
+
+    return [(n4_correct(data, brain_mask(data), spacing), where) for data, where in sources]
+
+
 def slice_volume(
     sources: Sequence[tuple[np.ndarray, str]],
     reference: Volume,
@@ -417,7 +431,9 @@ def slice_volume(
     """Mask, normalise and slice one subject: ``sources`` are ``(data, where)`` in channel order,
     already on ``reference``'s canonical grid (the file they came from, for messages).
 
-    Training (:func:`mri2mri.data.preprocess.prepare_subject`) passes the ``target`` and
+    Each source's N4 bias field is divided out first when ``data_config.bias_correction`` is
+    ``"n4"``, fitted in that source's own mask, so identically in both. Training
+    (:func:`mri2mri.data.preprocess.prepare_subject`) passes the ``target`` and
     ``min_brain_fraction``; prediction (:func:`mri2mri.portable.prepare_volume`) neither. The
     two differ on purpose in two steps only:
 
@@ -432,6 +448,7 @@ def slice_volume(
 
     An empty selection gives empty stacks; the caller says why.
     """
+    sources = _bias_corrected(sources, data_config, reference.spacing)
     first = sources[0][0]
     mask = brain_mask(first, target[0]) if target is not None else brain_mask(first)
     windows = _normalised(sources, mask, data_config.percentiles)

@@ -6,8 +6,10 @@ training did, without PyTorch:
 
 1. :func:`same_grid` / :func:`register_rigid` / :func:`resample_to`: the source is put on the
    target's voxel grid (SimpleITK; rigid Mattes mutual information registration on request).
-2. :func:`~mri2mri.data.geometry.brain_mask`: non-zero voxels when the background is exactly
-   zero (skull-stripped data), else an Otsu head mask with holes filled.
+2. :func:`~mri2mri.data.bias.n4_correct` (``--bias-correction n4``, the default): each source
+   volume's N4 bias field divided out; then :func:`~mri2mri.data.geometry.brain_mask`: non-zero
+   voxels when the background is exactly zero (skull-stripped data), else an Otsu head mask
+   with holes filled.
 3. :func:`~mri2mri.data.geometry.normalise`: clip to percentiles of brain voxels, scale to
    [0, 1]; ``low``/``high`` are kept so that :func:`~mri2mri.data.geometry.denormalise` maps
    outputs back.
@@ -81,6 +83,7 @@ SLICE_FIELDS = (
     "split_seed",
     "percentiles",
     "register",
+    "bias_correction",
 )
 
 
