@@ -86,7 +86,8 @@ class DataConfig:
     register: bool = field(default=False, metadata=option(
         "rigidly register source to target (mutual information)"))  # fmt: skip
     # On by default: on held-out real patients from another site it made the synthetic T2 closer
-    # to the real one on every fold (benchmarks/ablation.py, configuration no-n4; README).
+    # to the real one on two of three folds and left the third as it was (benchmarks/ablation.py,
+    # configuration no-n4; README).
     bias_correction: str = field(default="n4", metadata=option(
         "n4: divide each source volume's N4 bias field out before the intensity window "
         "(SimpleITK; prediction repeats it; 2D images are used as they are); none: use the "
