@@ -80,10 +80,10 @@ def test_a_run_on_a_prepared_cache_records_the_cache_preparation(tmp_path, capsy
     make_subjects(tmp_path / "data", 3)
     path = prepare(tmp_path / "data", config(bias_correction="n4", percentiles=(1.0, 99.0)),
                    tmp_path / "cache", progress=False)  # fmt: skip
-    adopted = adopt_cache_preparation(path, config())  # the defaults: adopted without a word
+    adopted = adopt_cache_preparation(SliceCache(path), config())  # the defaults: adopted without a word
     assert adopted.bias_correction == "n4" and adopted.percentiles == (1.0, 99.0)
     assert capsys.readouterr().err == ""
-    asked = adopt_cache_preparation(path, config(bias_correction="none"))  # asked for: a warning
+    asked = adopt_cache_preparation(SliceCache(path), config(bias_correction="none"))  # asked for: a warning
     assert asked == adopted
     assert "--bias-correction n4; the run uses that" in capsys.readouterr().err
 

@@ -112,11 +112,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     if image_size is None:
         image_size = SliceCache(args.data).image_size[0] if is_cache(args.data) else 256
     config = config_from_args(args, image_size)
-    if is_cache(args.data):
-        from mri2mri.config import replace
-        from mri2mri.data.cache import adopt_cache_preparation
-
-        config = replace(config, data=adopt_cache_preparation(args.data, config.data))
     if args.auto_resume and not args.resume:
         # torchrun restarts failed workers with the same command line: the first start trains
         # from scratch, every restart continues from the checkpoint the run has written.

@@ -362,11 +362,11 @@ def resplit(cache_dir: Path, assignment: dict[str, str], out_dir: Path) -> Path:
 PREDICTION_FIELDS = {"bias_correction": "none", "percentiles": (0.5, 99.5)}  # values before recorded
 
 
-def adopt_cache_preparation(cache_dir: Path | str, data_config: DataConfig) -> DataConfig:
-    """``data_config`` with the preparation the slice cache at ``cache_dir`` was made with, so
-    that the run records (and ``predict`` repeats) what the model saw. A value that differs from
-    both the cache's and the default was asked for, and the warning says it is not used."""
-    recorded = SliceCache(cache_dir).meta.get("data_config", {})
+def adopt_cache_preparation(cache: SliceCache, data_config: DataConfig) -> DataConfig:
+    """``data_config`` with the preparation ``cache`` was made with, so that the run records (and
+    ``predict`` repeats) what the model saw. A value that differs from both the cache's and the
+    default was asked for, and the warning says it is not used."""
+    recorded = cache.meta.get("data_config", {})
     defaults = DataConfig()
     changes = {}
     for name, before in PREDICTION_FIELDS.items():
@@ -377,6 +377,6 @@ def adopt_cache_preparation(cache_dir: Path | str, data_config: DataConfig) -> D
         changes[name] = value
         if getattr(data_config, name) != getattr(defaults, name):
             shown = " ".join(f"{v:g}" for v in value) if isinstance(value, tuple) else value
-            console.note(f"warning: {cache_dir}: cache was prepared with --{name.replace('_', '-')} {shown}; "
+            console.note(f"warning: {cache.path}: cache was prepared with --{name.replace('_', '-')} {shown}; "
                          "the run uses that")
     return replace(data_config, **changes) if changes else data_config

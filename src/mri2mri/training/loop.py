@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from mri2mri import console
 from mri2mri.config import RunConfig, check_int, replace
 from mri2mri.contrast import reference_from_cache
-from mri2mri.data.cache import SliceCache
+from mri2mri.data.cache import SliceCache, adopt_cache_preparation
 from mri2mri.data.dataset import Sample, SliceDataset
 from mri2mri.errors import UserError
 from mri2mri.models import check_image_size, count_parameters
@@ -186,10 +186,12 @@ def _train(
 
 
 def _reconcile(config: RunConfig, cache: SliceCache) -> RunConfig:
-    """The cache decides channel count and image size; the model follows it."""
+    """The cache decides channel count, image size and how its slices were prepared (what
+    `predict` must repeat); the model follows it."""
     size = cache.image_size[0]
     model = replace(config.model, in_channels=cache.in_channels, table_channel=cache.table_channel)
-    data = replace(config.data, image_size=size, context_slices=cache.context_slices, source=cache.source_option or config.data.source)
+    data = replace(adopt_cache_preparation(cache, config.data), image_size=size,
+                   context_slices=cache.context_slices, source=cache.source_option or config.data.source)  # fmt: skip
     return replace(config, model=model, data=data)
 
 
