@@ -39,6 +39,43 @@ def find_run(runs: Path, config: str, held_out: str, seed: int) -> tuple[Path, P
     raise SystemExit(f"error: no finished run of {config!r} with {held_out} held out under {runs}")
 
 
+def synthesise(run: Path, cache, row: int) -> tuple[np.ndarray, np.ndarray, float, object]:
+    """Row ``row`` of ``cache`` through ``run``'s generator: the synthetic and the real target,
+    both masked to the brain, the in-brain PSNR of the first against the second, and the run's
+    configuration."""
+    from mri2mri import metrics
+    from mri2mri.inference import load_generator
+    from mri2mri.runfolder import find_checkpoint
+
+    G, config, _ = load_generator(find_checkpoint(run))
+    source = torch.from_numpy(np.array(cache.source[row : row + 1])).float() * 2 - 1
+    with torch.inference_mode():
+        generated = ((G(source).float() + 1) / 2).clamp(0, 1)
+    truth = torch.from_numpy(np.array(cache.target[row : row + 1])).float()
+    brain = torch.from_numpy(np.array(cache.mask[row : row + 1])).float()
+    psnr = float(metrics.psnr(generated * brain, truth, brain))
+    return (generated * brain)[0, 0].numpy(), (truth * brain)[0, 0].numpy(), psnr, config
+
+
+def save_row(panels: list[tuple[np.ndarray, str]], title: str, out: Path, lang: str) -> None:
+    """One row of grey images in [0, 1] with their titles under ``title``, written to ``out``."""
+    from matplotlib.figure import Figure
+
+    from mri2mri.figures import figure_style
+
+    with figure_style(lang):
+        figure = Figure(figsize=(3 * len(panels), 3.9))
+        for axis, (image, name) in zip(figure.subplots(1, len(panels)), panels, strict=True):
+            axis.imshow(image, cmap="gray", vmin=0, vmax=1)
+            axis.set_title(name)
+            axis.axis("off")
+        figure.suptitle(title)
+        figure.tight_layout(rect=(0, 0, 1, 0.9))  # room for the title above the panel titles
+        out.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(out, dpi=80, facecolor="white")
+    print(f"wrote {out}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=Path, required=True, help="the real-data folder of an ablation --out")
@@ -49,15 +86,10 @@ def main() -> int:
     parser.add_argument("--lang", default="en", choices=sorted(TITLES))
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
-    from matplotlib.figure import Figure
-
-    from mri2mri import metrics
     from mri2mri.data.cache import SliceCache
-    from mri2mri.figures import figure_style
-    from mri2mri.inference import load_generator
-    from mri2mri.runfolder import find_checkpoint
 
-    panels = []
+    text = TITLES[args.lang]
+    panels, real = [], None
     for config in args.configs:
         run, fold = find_run(args.runs, config, args.held_out, args.seed)
         cache = SliceCache(fold)
@@ -66,31 +98,11 @@ def main() -> int:
         mask = np.array(cache.mask[rows, 0]) > 0
         # The same slice for every configuration: all folds of one patient hold the same slices.
         index = int(np.argmax([(t[m] > 0.5).sum() for t, m in zip(target, mask, strict=True)]))
-        G, run_config, _ = load_generator(find_checkpoint(run))
-        source = torch.from_numpy(np.array(cache.source[rows[index : index + 1]])).float() * 2 - 1
-        with torch.inference_mode():
-            generated = ((G(source).float() + 1) / 2).clamp(0, 1)[0, 0]
-        truth, brain = torch.from_numpy(target[index]), torch.from_numpy(mask[index]).float()
-        psnr = float(metrics.psnr((generated * brain)[None, None], truth[None, None], brain[None, None]))
-        sources = run_config.data.source if isinstance(run_config.data.source, str) else "+".join(run_config.data.source)
-        panels.append((sources, (generated * brain).numpy(), psnr, target[index] * mask[index]))
-
-    text = TITLES[args.lang]
-    with figure_style(args.lang):
-        figure = Figure(figsize=(3 * (len(panels) + 1), 3.8))
-        axes = figure.subplots(1, len(panels) + 1)
-        axes[0].imshow(panels[0][3], cmap="gray", vmin=0, vmax=1)
-        axes[0].set_title(text["real"])
-        for axis, (sources, image, psnr, _) in zip(axes[1:], panels, strict=True):
-            axis.imshow(image, cmap="gray", vmin=0, vmax=1)
-            axis.set_title(f"{text['from'].format(sources=sources)}\n{psnr:.2f} dB")
-        for axis in axes:
-            axis.axis("off")
-        figure.suptitle(text["title"].format(patient=args.held_out))
-        figure.tight_layout(rect=(0, 0, 1, 0.9))  # room for the title above the panel titles
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(args.out, dpi=80, facecolor="white")
-    print(f"wrote {args.out}")
+        generated, real, psnr, run_config = synthesise(run, cache, int(rows[index]))
+        source = run_config.data.source
+        sources = source if isinstance(source, str) else "+".join(source)
+        panels.append((generated, f"{text['from'].format(sources=sources)}\n{psnr:.2f} dB"))
+    save_row([(real, text["real"]), *panels], text["title"].format(patient=args.held_out), args.out, args.lang)
     return 0
 
 

@@ -19,8 +19,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
-from multisource_figure import find_run
+from multisource_figure import find_run, save_row, synthesise
 
 ROOT = Path(__file__).resolve().parents[1]
 TITLES = {
@@ -33,26 +32,17 @@ TITLES = {
 WHAT = {"en": {"no-n4": "T1 as it is", "default": "T1 after N4"}, "zh": {"no-n4": "原始 T1", "default": "N4 后的 T1"}}
 
 
-def synthesise(runs: Path, config: str, held_out: str, seed: int) -> dict[str, np.ndarray | float]:
+def middle_slice(runs: Path, config: str, held_out: str, seed: int) -> dict[str, np.ndarray | float]:
     """The middle test slice of ``held_out`` in ``config``'s fold: source, synthetic and real T2, PSNR."""
-    from mri2mri import metrics
     from mri2mri.data.cache import SliceCache
-    from mri2mri.inference import load_generator
-    from mri2mri.runfolder import find_checkpoint
 
     run, fold = find_run(runs, config, held_out, seed)
     cache = SliceCache(fold)
     rows = cache.rows("test")
-    row = rows[len(rows) // 2 : len(rows) // 2 + 1]
-    G, _, _ = load_generator(find_checkpoint(run))
-    source = torch.from_numpy(np.array(cache.source[row])).float()
-    with torch.inference_mode():
-        generated = ((G(source * 2 - 1).float() + 1) / 2).clamp(0, 1)
-    truth = torch.from_numpy(np.array(cache.target[row])).float()
-    brain = torch.from_numpy(np.array(cache.mask[row])).float()
-    psnr = float(metrics.psnr(generated * brain, truth, brain))
-    return {"source": source[0, cache.table_channel].numpy(), "synthetic": (generated * brain)[0, 0].numpy(),
-            "real": (truth * brain)[0, 0].numpy(), "psnr": psnr}  # fmt: skip
+    row = int(rows[len(rows) // 2])
+    synthetic, real, psnr, _ = synthesise(run, cache, row)
+    source = np.array(cache.source[row, cache.table_channel])
+    return {"source": source, "synthetic": synthetic, "real": real, "psnr": psnr}
 
 
 def main() -> int:
@@ -64,27 +54,13 @@ def main() -> int:
     parser.add_argument("--lang", default="en", choices=sorted(TITLES))
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
-    from matplotlib.figure import Figure
-
-    from mri2mri.figures import figure_style
-
-    plain, corrected = (synthesise(args.runs, c, args.held_out, args.seed) for c in ("no-n4", "default"))
+    plain, corrected = (middle_slice(args.runs, c, args.held_out, args.seed) for c in ("no-n4", "default"))
     text, what = TITLES[args.lang], WHAT[args.lang]
     panels = [(plain["source"], text["t1"]), (corrected["source"], text["t1_n4"]),
               (plain["synthetic"], f"{text['from'].format(what=what['no-n4'])}\n{plain['psnr']:.2f} dB"),
               (corrected["synthetic"], f"{text['from'].format(what=what['default'])}\n{corrected['psnr']:.2f} dB"),
               (corrected["real"], text["real"])]  # fmt: skip
-    with figure_style(args.lang):
-        figure = Figure(figsize=(3 * len(panels), 3.9))
-        for axis, (image, title) in zip(figure.subplots(1, len(panels)), panels, strict=True):
-            axis.imshow(image, cmap="gray", vmin=0, vmax=1)
-            axis.set_title(title)
-            axis.axis("off")
-        figure.suptitle(text["title"].format(patient=args.held_out))
-        figure.tight_layout(rect=(0, 0, 1, 0.9))
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(args.out, dpi=80, facecolor="white")
-    print(f"wrote {args.out}")
+    save_row(panels, text["title"].format(patient=args.held_out), args.out, args.lang)
     return 0
 
 
