@@ -76,6 +76,9 @@ CONFIGS: dict[str, list[str]] = {
                    "--augment-gamma-probability", "0.5", "--augment-log-gamma", "0.4",
                    "--augment-bias-probability", "0.6", "--augment-bias-coefficients", "0.5"],
     "no-residual": ["--residual", "none"],
+    # The residual model adding its whole correction at inference (the default before 0.5);
+    # benchmarks/correction_weight.py scores finished runs at every weight without retraining.
+    "whole-correction": ["--correction-weight", "1"],
 }
 # Configurations that need their own prepared slices: `mri2mri prepare` arguments.
 PREPARE: dict[str, list[str]] = {"context1": ["--context-slices", "1"]}

@@ -39,15 +39,19 @@ def find_run(runs: Path, config: str, held_out: str, seed: int) -> tuple[Path, P
     raise SystemExit(f"error: no finished run of {config!r} with {held_out} held out under {runs}")
 
 
-def synthesise(run: Path, cache, row: int) -> tuple[np.ndarray, np.ndarray, float, object]:
+def synthesise(run: Path, cache, row: int, correction_weight: float | None = None) -> tuple[np.ndarray, np.ndarray, float, object]:
     """Row ``row`` of ``cache`` through ``run``'s generator: the synthetic and the real target,
     both masked to the brain, the in-brain PSNR of the first against the second, and the run's
-    configuration."""
+    configuration. ``correction_weight`` overrides a residual generator's (``test
+    --correction-weight``)."""
     from mri2mri import metrics
-    from mri2mri.inference import load_generator
+    from mri2mri.inference import load_generator, set_correction_weight
     from mri2mri.runfolder import find_checkpoint
 
-    G, config, _ = load_generator(find_checkpoint(run))
+    checkpoint = find_checkpoint(run)
+    G, config, _ = load_generator(checkpoint)
+    if correction_weight is not None:
+        set_correction_weight(G, correction_weight, checkpoint)
     source = torch.from_numpy(np.array(cache.source[row : row + 1])).float() * 2 - 1
     with torch.inference_mode():
         generated = ((G(source).float() + 1) / 2).clamp(0, 1)

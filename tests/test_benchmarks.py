@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -111,3 +112,38 @@ def test_run_all_picks_up_the_contention_benchmark():
     assert script in sorted(BENCHMARKS.glob("bench_*.py"))
     options = accepted_options(script)
     assert "--quick" in options and "--out" in options
+
+
+def test_correction_weight_rescoring_agrees_with_test(tmp_path):
+    """benchmarks/correction_weight.py scores a finished leave-one-out run at several weights
+    without retraining; at the run's own weight it must give what `mri2mri test` wrote."""
+    from conftest import tiny_config, write_tiny_cache
+
+    from mri2mri.cli import main as cli_main
+    from mri2mri.config import replace
+    from mri2mri.data.cache import SliceCache
+    from mri2mri.training import train
+
+    root = tmp_path / "real"
+    held_out = "sub-04"  # the tiny cache's test subject
+    fold = write_tiny_cache(root / f"fold-{held_out}")
+    assert SliceCache(fold).subjects[-1].subject == held_out
+    # Noise in the target keeps PSNR near 25 dB, where `test`'s bf16 autocast (on CPUs that have
+    # it) and this script's fp32 agree to a few hundredths of a dB; near-perfect tiny data would not.
+    target = np.load(fold / "target.npy", mmap_mode="r+")
+    target[:] = np.clip(target + np.random.default_rng(0).normal(0, 0.05, target.shape), 0, 1)
+    target.flush()
+    del target
+    run = root / f"runs-{held_out}" / "default-s0"
+    config = tiny_config(epochs=1, max_steps_per_epoch=2, precision="fp32")
+    train(replace(config, model=replace(config.model, residual="intensity-map")), fold, run, progress=False)
+    assert cli_main(["test", str(run), str(fold), "--quiet"]) == 0
+    scored = json.loads((run / "metrics.json").read_text())["per_subject"][held_out]["model"]["psnr_mask"]["mean"]
+    command = [sys.executable, str(BENCHMARKS / "correction_weight.py"), "--runs", str(root),
+               "--weights", "0", "0.5", "1", "--out", str(tmp_path / "results"), "--tag", "cw"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    scores = json.loads((tmp_path / "results" / "cw.json").read_text())["folds"][held_out]["default-s0"]
+    assert scores["0.5"]["psnr_mask"] == pytest.approx(scored, abs=0.05)
+    assert set(scores) == {"0", "0.5", "1", "intensity-map"}
+    assert "w = 0.5" in (tmp_path / "results" / "cw.md").read_text()

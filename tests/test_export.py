@@ -113,6 +113,22 @@ def test_onnx_runs_at_two_sizes_and_matches_pytorch(exported, shape):
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
+def test_onnx_adds_the_checkpoints_share_of_the_correction(exported):
+    """The exported graph is the eval forward: the table plus correction_weight (0.5 by default)
+    of the correction, not the whole correction that training adds."""
+    session = ort.InferenceSession(str(exported["onnx"]), providers=["CPUExecutionProvider"])
+    source = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    G = generator(exported["run"])
+    assert G.correction_weight == 0.5
+    with torch.inference_mode():
+        table = G.lookup(source).numpy()
+        G.correction_weight = 1.0
+        whole = G(source).numpy()
+    got = session.run(None, {"source": source.numpy()})[0]
+    np.testing.assert_allclose(got - table, 0.5 * (whole - table), atol=1e-4)
+    assert np.abs(whole - table).max() > 0.05  # the correction is not trivially zero
+
+
 def test_onnx_metadata_carries_what_predict_needs(exported):
     model = onnx.load(str(exported["onnx"]))
     meta = {p.key: p.value for p in model.metadata_props}

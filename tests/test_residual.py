@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_config, write_tiny_cache
 
 from mri2mri.baselines import IntensityMap
-from mri2mri.checkpoint import load_checkpoint
+from mri2mri.checkpoint import load_checkpoint, save_checkpoint
 from mri2mri.cli import main as cli_main
 from mri2mri.config import ModelConfig, RunConfig, replace
 from mri2mri.data.cache import SliceCache
@@ -49,6 +49,72 @@ def test_the_correction_moves_the_output_away_from_the_table():
         loss.backward()
         optimiser.step()
     assert (G(x) - G.lookup(x)).abs().mean() > 0.05  # the correction learnt something
+
+
+def test_inference_adds_its_share_of_the_correction_and_training_all_of_it():
+    # No batch norm or dropout, so that train and eval mode differ only by the weight.
+    G = build_generator(ModelConfig(generator="unet", base_channels=4, norm="none", dropout=0.0,
+                                    residual="intensity-map", correction_weight=0.3))  # fmt: skip
+    last = [m for m in G.correction.modules() if isinstance(m, torch.nn.ConvTranspose2d)][-1]
+    torch.nn.init.normal_(last.weight, std=0.05, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():
+        table, whole, shrunk = G.lookup(x), G.train()(x), G.eval()(x)
+    assert (whole - table).abs().max() > 0.05
+    torch.testing.assert_close(shrunk - table, 0.3 * (whole - table), atol=1e-6, rtol=0)
+
+
+def test_correction_weight_defaults_to_half_and_old_runs_keep_their_whole_correction(tmp_path, capsys):
+    assert RunConfig().model.correction_weight == 0.5
+    saved = RunConfig().to_dict()
+    del saved["model"]["correction_weight"]
+    old = RunConfig.from_dict(saved)
+    assert old.model.correction_weight == 1.0
+    assert build_generator(old.model).correction_weight == 1.0
+    cache_dir = write_tiny_cache(tmp_path / "cache")
+    code = cli_main(["train", str(cache_dir), "--out", str(tmp_path / "run"), "--correction-weight", "1.5",
+                     "--epochs", "1", "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "--correction-weight" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_test_scores_another_correction_weight(tmp_path, capsys):
+    """`test --correction-weight 0` scores the table alone: its preview prediction is the
+    model's own table of the source; with 1 it is not. A plain generator has no correction."""
+    from mri2mri.inference import load_generator
+
+    cache_dir = write_tiny_cache(tmp_path / "cache")
+    train(residual_config(), cache_dir, tmp_path / "run", progress=False)
+    # Two steps leave the correction near zero: give it a visible size in the checkpoint.
+    checkpoint = find_checkpoint(tmp_path / "run")
+    payload = load_checkpoint(checkpoint)
+    weights = payload.get("ema") or payload["G"]
+    last = [k for k in weights if k.startswith("correction.") and k.endswith(".weight") and weights[k].ndim == 4][-1]
+    weights[last] = torch.randn(weights[last].shape, generator=torch.Generator().manual_seed(0)) * 0.05
+    save_checkpoint(checkpoint, payload)
+    previews = {}
+    for weight in ("0", "1"):
+        out = tmp_path / f"w{weight}"
+        assert cli_main(["test", str(tmp_path / "run"), str(cache_dir), "--out", str(out),
+                         "--correction-weight", weight, "--quiet"]) == 0  # fmt: skip
+        previews[weight] = np.load(out / "predictions_preview.npz")
+    capsys.readouterr()
+    G = load_generator(find_checkpoint(tmp_path / "run"))[0]
+    preview = previews["0"]
+    source = torch.from_numpy(preview["source"][:, None]) * 2 - 1
+    with torch.no_grad():
+        table = ((G.lookup(source)[:, 0].clamp(-1, 1) + 1) / 2).numpy()
+    inside = preview["mask"] > 0
+    # atol: the test may run in bf16 autocast (about 3 significant digits).
+    np.testing.assert_allclose(preview["prediction"][inside], table[inside], atol=3e-3)
+    assert np.abs(previews["1"]["prediction"][inside] - table[inside]).max() > 2e-2
+    plain = tiny_config(epochs=1, max_steps_per_epoch=2)
+    train(replace(plain, model=replace(plain.model, residual="none")), cache_dir, tmp_path / "plain", progress=False)
+    code = cli_main(["test", str(tmp_path / "plain"), str(cache_dir), "--out", str(tmp_path / "p"),
+                     "--correction-weight", "0.5", "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "needs a residual generator" in err and "Traceback" not in err
 
 
 def test_the_table_is_fitted_on_training_subjects_only(tmp_path):

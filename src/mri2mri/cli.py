@@ -173,7 +173,7 @@ def cmd_test(args: argparse.Namespace) -> int:
                            lang=args.lang, device=args.device, batch_size=args.batch_size,
                            progress=not args.quiet,
                            uncertainty_passes=args.uncertainty_passes if args.uncertainty else 0,
-                           trained_on=args.trained_on)  # fmt: skip
+                           trained_on=args.trained_on, correction_weight=args.correction_weight)  # fmt: skip
     console.say(json.dumps(metrics.get("summary", {}), indent=2))
     return 0
 
@@ -341,6 +341,9 @@ def _add_test(sub) -> None:
     te.add_argument("--trained-on", type=Path, default=None, metavar="SPLIT",
                     help="for a run folder without split.json: its split.json or the slice cache it trained "
                          "on, so that DATA is checked for training subjects")  # fmt: skip
+    te.add_argument("--correction-weight", type=float, default=None, metavar="W",
+                    help="score a residual generator with this share of its learned correction "
+                         "(0 to 1; default: the one it was trained with)")  # fmt: skip
     _add_common(te)
     te.set_defaults(func=cmd_test)
 

@@ -219,6 +219,14 @@ class ModelConfig:
     # source's own slice (DataConfig.table_channel). None, in configurations saved before several
     # sources existed, means the centre channel, which is that slice for a single source.
     table_channel: int | None = field(default=None, metadata=INTERNAL)
+    # How much of the learned correction a residual generator adds to the table at inference
+    # (test, predict, validation, ONNX); training always uses all of it. 0.5 averages the
+    # network's image with the table's: on patients from another site the full correction
+    # over-shoots (README, "Half the correction"). Configurations saved before this option
+    # existed mean 1 (see RunConfig.from_dict).
+    correction_weight: float = field(default=0.5, metadata=option(
+        "share of the learned correction added to the intensity-map table at inference "
+        "(1: all of it; 0: the table alone; residual generators only)"))  # fmt: skip
 
     def __post_init__(self) -> None:
         self.validate()
@@ -226,6 +234,7 @@ class ModelConfig:
     def validate(self) -> None:
         """Raise ConfigError for a number out of range (names are checked by mri2mri.models,
         which knows the networks)."""
+        check_number("--correction-weight", self.correction_weight, 0.0, 1.0)
         check_int("model in_channels", self.in_channels, 1, MAX_SOURCES * (2 * MAX_CONTEXT_SLICES + 1))
         if self.table_channel is not None:
             check_int("model table_channel", self.table_channel, 0, self.in_channels - 1)
@@ -348,8 +357,9 @@ class RunConfig:
     def from_dict(cls, payload: dict[str, Any]) -> RunConfig:
         # A run saved before the residual option existed trained a plain generator, one saved
         # before augmentation became the default did not augment unless it said so, and one saved
-        # before bias correction existed saw its intensities as they were.
-        model = {"residual": "none", **payload.get("model", {})}
+        # before bias correction existed saw its intensities as they were; one saved before the
+        # correction weight existed added all of its correction.
+        model = {"residual": "none", "correction_weight": 1.0, **payload.get("model", {})}
         data = {"augment": False, "bias_correction": "none", **payload.get("data", {})}
         return cls(
             data=_build(DataConfig, data),

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from mri2mri.checkpoint import CheckpointError, load_checkpoint
-from mri2mri.config import RunConfig, check_int
+from mri2mri.config import RunConfig, check_int, check_number
 from mri2mri.errors import DataError, UserError, first_line
 from mri2mri.models import build_generator
 from mri2mri.runfolder import RunFolder, find_checkpoint, read_trained_subjects
@@ -42,6 +42,17 @@ def load_generator(checkpoint: Path, device: torch.device | str = "cpu") -> tupl
     return G, config, payload
 
 
+def set_correction_weight(G: nn.Module, weight: float, checkpoint: Path) -> None:
+    """Score or run a residual generator with another share of its correction than its
+    configuration's (``--correction-weight``); refused for a generator that makes the whole image."""
+    from mri2mri.models.residual import TableResidual
+
+    check_number("--correction-weight", weight, 0.0, 1.0)
+    if not isinstance(G, TableResidual):
+        raise UserError(f"{checkpoint}: --correction-weight needs a residual generator; this one makes the whole image")
+    G.correction_weight = float(weight)
+
+
 def make_predictor(G: nn.Module, runtime: Runtime) -> Predictor:
     """``predict(source in [-1, 1], CPU) -> prediction in [-1, 1], CPU``: eval mode, no gradient."""
 
@@ -68,6 +79,7 @@ def evaluate_run(
     progress: bool = True,
     uncertainty_passes: int = 0,
     trained_on: Path | str | None = None,
+    correction_weight: float | None = None,
 ) -> dict[str, Any]:
     """Score a run on its test split: metrics, baselines, figures and report.html.
 
@@ -78,6 +90,9 @@ def evaluate_run(
     is prepared with the run's own data configuration. Subjects the run trained on are refused:
     they are read from the run's split.json, or from ``trained_on`` (a split.json, or the slice
     cache the run trained on) for a run that has none; other data is not scored without one.
+
+    ``correction_weight`` scores a residual generator with that share of its correction instead
+    of its configuration's (:func:`set_correction_weight`).
     """
     from mri2mri.data.cache import SliceCache, is_cache
     from mri2mri.data.preprocess import ensure_cache
@@ -98,6 +113,8 @@ def evaluate_run(
     folder = RunFolder(run_dir)
     runtime = setup_runtime(device, channels_last=True)  # NHWC: faster convolutions, same outputs
     G, config, _ = load_generator(checkpoint, runtime.device)
+    if correction_weight is not None:
+        set_correction_weight(G, correction_weight, checkpoint)
     if data is None:
         data = folder.cache
         if not is_cache(data):

@@ -138,7 +138,9 @@ def _network_lines(config: RunConfig, parameters: dict[str, int], summary: dict[
         "## Networks",
         "",
         f"- Generator `{model.generator}`: {parameters.get('generator', 0):,} parameters "
-        f"(base_channels {model.base_channels}, norm {model.norm}, upsample {model.upsample}).",
+        f"(base_channels {model.base_channels}, norm {model.norm}, upsample {model.upsample})"
+        + (f"; it adds a correction to the intensity-map table of its input, {model.correction_weight:g} "
+           "of it at inference." if model.residual == "intensity-map" else "."),
         f"- Discriminator `{model.discriminator}` (training only, not exported): "
         f"{parameters.get('discriminator', 0):,} parameters.",
         f"- Training: {train.gan_loss} adversarial loss + {train.lambda_l1:g} x L1, lr {train.lr:g}, "

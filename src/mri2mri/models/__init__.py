@@ -79,7 +79,7 @@ def build_generator(cfg: ModelConfig) -> nn.Module:
     _check_generator_options(cfg)
     generator = GENERATORS[cfg.generator].from_config(cfg)
     if cfg.residual == "intensity-map":
-        return TableResidual(generator, table_channel=cfg.table_channel)
+        return TableResidual(generator, table_channel=cfg.table_channel, correction_weight=cfg.correction_weight)
     return generator
 
 

@@ -12,6 +12,15 @@ The table is a buffer of the module: it is fitted on the training subjects when 
 (``set_table``), saved in every checkpoint with the weights, and applied by the same forward in
 ``test``, ``predict`` and the exported ONNX graph (a Gather and a linear interpolation), so
 every path uses the same table.
+
+At inference the module adds only ``correction_weight`` of the correction (0.5 by default): the
+prediction is then the average of the network's image and the table's, two estimates of the T2
+whose errors differ. An equal-weight combination of forecasts is the classic robust choice
+(Bates & Granger 1969; Clemen 1989): on patients from another site the full correction, learnt
+with an adversarial loss on a few training subjects, over-shoots, and half of it is closer to the
+real T2 (README, "Half the correction"). Training always uses the whole correction, as
+dropout trains with its mask and predicts without it; the weight is a plain attribute set from
+the run configuration, so the checkpoint's tensors are unchanged.
 """
 
 from __future__ import annotations
@@ -34,12 +43,22 @@ class TableResidual(nn.Module):
     context). The correction network ends in Tanh; it is scaled by ``CORRECTION_RANGE`` = 2, so
     that it can move any voxel anywhere in [-1, 1] (oedema that a T1 shows mid-grey and a T2
     bright needs more than half the range). The sum may leave [-1, 1]; every consumer clamps to
-    the unit range before use.
+    the unit range before use. In eval mode the correction is multiplied by ``correction_weight``
+    (in [0, 1]); in train mode it is added whole.
     """
 
-    def __init__(self, correction: nn.Module, n_bins: int = TABLE_BINS, table_channel: int | None = None):
+    def __init__(
+        self,
+        correction: nn.Module,
+        n_bins: int = TABLE_BINS,
+        table_channel: int | None = None,
+        correction_weight: float = 1.0,
+    ):
         super().__init__()
+        if not 0.0 <= correction_weight <= 1.0:
+            raise ValueError(f"correction_weight must be in [0, 1], got {correction_weight}")
         self.correction = correction
+        self.correction_weight = float(correction_weight)
         # The input channel the table reads: the first source's own slice when the input stacks
         # several contrasts; None (runs before several sources existed) reads the centre channel.
         self.table_channel = table_channel
@@ -70,7 +89,8 @@ class TableResidual(nn.Module):
         return value * 2 - 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        correction = CORRECTION_RANGE * self.correction(x)
+        scale = CORRECTION_RANGE if self.training else CORRECTION_RANGE * self.correction_weight
+        correction = scale * self.correction(x)
         return self.lookup(x).to(correction.dtype) + correction
 
 
