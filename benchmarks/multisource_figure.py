@@ -51,7 +51,7 @@ def synthesise(run: Path, cache, row: int, correction_weight: float | None = Non
     checkpoint = find_checkpoint(run)
     G, config, _ = load_generator(checkpoint)
     if correction_weight is not None:
-        set_correction_weight(G, correction_weight, checkpoint)
+        set_correction_weight(G, config, correction_weight, checkpoint)
     source = torch.from_numpy(np.array(cache.source[row : row + 1])).float() * 2 - 1
     with torch.inference_mode():
         generated = ((G(source).float() + 1) / 2).clamp(0, 1)

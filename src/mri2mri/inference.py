@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from mri2mri.checkpoint import CheckpointError, load_checkpoint
-from mri2mri.config import RunConfig, check_int, check_number
+from mri2mri.config import RunConfig, check_int, replace
 from mri2mri.errors import DataError, UserError, first_line
 from mri2mri.models import build_generator
 from mri2mri.runfolder import RunFolder, find_checkpoint, read_trained_subjects
@@ -42,12 +42,12 @@ def load_generator(checkpoint: Path, device: torch.device | str = "cpu") -> tupl
     return G, config, payload
 
 
-def set_correction_weight(G: nn.Module, weight: float, checkpoint: Path) -> None:
+def set_correction_weight(G: nn.Module, config: RunConfig, weight: float, checkpoint: Path) -> None:
     """Score or run a residual generator with another share of its correction than its
     configuration's (``--correction-weight``); refused for a generator that makes the whole image."""
     from mri2mri.models.residual import TableResidual
 
-    check_number("--correction-weight", weight, 0.0, 1.0)
+    replace(config.model, correction_weight=weight)  # ModelConfig checks the range, as for train
     if not isinstance(G, TableResidual):
         raise UserError(f"{checkpoint}: --correction-weight needs a residual generator; this one makes the whole image")
     G.correction_weight = float(weight)
@@ -114,7 +114,7 @@ def evaluate_run(
     runtime = setup_runtime(device, channels_last=True)  # NHWC: faster convolutions, same outputs
     G, config, _ = load_generator(checkpoint, runtime.device)
     if correction_weight is not None:
-        set_correction_weight(G, correction_weight, checkpoint)
+        set_correction_weight(G, config, correction_weight, checkpoint)
     if data is None:
         data = folder.cache
         if not is_cache(data):
