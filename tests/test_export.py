@@ -232,3 +232,37 @@ def test_onnx_without_mri2mri_metadata_is_refused(tmp_path):
     with pytest.raises(DataError, match=r"junk\.onnx: unreadable ONNX model"):
         predict_path(tmp_path / "junk.onnx", tmp_path / "in.nii", tmp_path / "out.nii")
     assert not (tmp_path / "out.nii").exists()
+
+
+def test_another_correction_weight_reaches_predict_and_the_onnx_graph(exported, tmp_path, capsys):
+    """`predict --correction-weight 1` on the checkpoint and an ONNX file exported with
+    `--correction-weight 1` give the same volume, unlike the default half; both record the weight.
+    An ONNX file (whose weight is built in) and a weight out of range are refused in one line."""
+    rng = np.random.default_rng(3)
+    volume = np.zeros((30, 26, 12), np.float32)
+    volume[4:26, 3:23, 2:10] = rng.uniform(100, 900, (22, 20, 8))
+    nib.save(nib.Nifti1Image(volume, np.diag([1.0, 1.0, 2.0, 1.0])), tmp_path / "in.nii.gz")
+    whole_onnx = tmp_path / "whole" / "g.onnx"
+    export_model(exported["run"], onnx_path=whole_onnx, correction_weight=1.0)
+    meta = {p.key: p.value for p in onnx.load(str(whole_onnx)).metadata_props}
+    assert json.loads(meta["mri2mri.config"])["model"]["correction_weight"] == 1.0
+    assert "1 of" in (whole_onnx.parent / "MODEL_CARD.md").read_text()
+
+    options = dict(device="cpu", precision="fp32")
+    predict_path(exported["run"], tmp_path / "in.nii.gz", tmp_path / "half.nii.gz", **options)
+    predict_path(exported["run"], tmp_path / "in.nii.gz", tmp_path / "whole.nii.gz", correction_weight=1.0, **options)
+    predict_path(whole_onnx, tmp_path / "in.nii.gz", tmp_path / "whole_onnx.nii.gz", device="cpu")
+    half, whole, by_onnx = (nib.load(tmp_path / f"{n}.nii.gz") for n in ("half", "whole", "whole_onnx"))
+    np.testing.assert_allclose(by_onnx.get_fdata(), whole.get_fdata(), atol=1e-4)
+    assert np.abs(whole.get_fdata() - half.get_fdata()).max() > 0.02  # the weight matters (output in [0, 1])
+    for image, weight in ((half, 0.5), (whole, 1.0), (by_onnx, 1.0)):
+        provenance = json.loads(image.header.extensions[0].get_content())
+        assert provenance["correction_weight"] == weight
+
+    for args, message in (([str(exported["onnx"]), "--correction-weight", "0.3"], "has its weight built in"),
+                          ([str(exported["run"]), "--correction-weight", "2"], "--correction-weight")):  # fmt: skip
+        out = tmp_path / "refused.nii.gz"
+        assert cli_main(["predict", *args[:1], str(tmp_path / "in.nii.gz"), str(out), *args[1:]]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+        assert not out.exists()

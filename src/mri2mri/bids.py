@@ -160,6 +160,8 @@ def sidecar(item: BidsInput, info: Any, checkpoint_sha256: str, uncertainty: str
         "SoftwareVersion": __version__,
         "IntensityScale": INTENSITY_SCALE,
     }  # fmt: skip
+    if "correction_weight" in info.provenance:  # a residual model: how much of its correction it added
+        payload["CorrectionWeight"] = info.provenance["correction_weight"]
     if uncertainty:
         payload["UncertaintyMap"] = uncertainty
     return payload
@@ -186,6 +188,7 @@ def predict_bids(
     precision: str = "fp32",
     uncertainty: bool = False,
     uncertainty_passes: int = 8,
+    correction_weight: float | None = None,
 ) -> list[Path]:
     """Synthesise the target contrast of every source image of the BIDS dataset ``root`` into
     the derivative dataset ``out``; returns the files written (images, sidecars, description).
@@ -217,7 +220,7 @@ def predict_bids(
         except ValueError as error:
             raise ConfigError(str(error)) from None
     weights = model_file(Path(checkpoint))
-    run, info = load_model(checkpoint, device=device, precision=precision)
+    run, info = load_model(checkpoint, device=device, precision=precision, correction_weight=correction_weight)
     if len(info.sources) > 1:
         raise DataError(f"{checkpoint}: a model of several sources ({info.source_name}) does not take a BIDS "
                         "dataset yet; give each subject folder, or --input CONTRAST=FILE for each")  # fmt: skip

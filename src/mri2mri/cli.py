@@ -184,7 +184,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     options = dict(device=args.device, batch_size=args.batch_size, overwrite=args.overwrite,
                    precision=args.precision, uncertainty=args.uncertainty,
-                   uncertainty_passes=args.uncertainty_passes)  # fmt: skip
+                   uncertainty_passes=args.uncertainty_passes, correction_weight=args.correction_weight)  # fmt: skip
     if args.contrast_inputs:  # --input CONTRAST=FILE ...: the one positional is OUTPUT
         from mri2mri.predict import parse_inputs
 
@@ -214,7 +214,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from mri2mri.export import export_model
 
     written = export_model(args.checkpoint, onnx_path=args.onnx, safetensors_path=args.safetensors,
-                           overwrite=args.overwrite)  # fmt: skip
+                           overwrite=args.overwrite, correction_weight=args.correction_weight)  # fmt: skip
     for path in written:
         console.say(f"wrote {path}")
     return 0
@@ -327,6 +327,12 @@ def _add_uncertainty(parser: argparse.ArgumentParser, what: str) -> None:
                         help="number of test-time passes for --uncertainty (default 8)")  # fmt: skip
 
 
+def _add_correction_weight(parser: argparse.ArgumentParser, verb: str) -> None:
+    parser.add_argument("--correction-weight", type=float, default=None, metavar="W",
+                        help=f"{verb} a residual generator with this share of its learned correction "
+                             "(0 to 1; default: the one it was trained with)")  # fmt: skip
+
+
 def _add_test(sub) -> None:
     te = sub.add_parser("test", help="metrics, baselines, figures and report on the run's test split")
     te.add_argument("run", type=Path, help="run folder or checkpoint")
@@ -341,9 +347,7 @@ def _add_test(sub) -> None:
     te.add_argument("--trained-on", type=Path, default=None, metavar="SPLIT",
                     help="for a run folder without split.json: its split.json or the slice cache it trained "
                          "on, so that DATA is checked for training subjects")  # fmt: skip
-    te.add_argument("--correction-weight", type=float, default=None, metavar="W",
-                    help="score a residual generator with this share of its learned correction "
-                         "(0 to 1; default: the one it was trained with)")  # fmt: skip
+    _add_correction_weight(te, "score")
     _add_common(te)
     te.set_defaults(func=cmd_test)
 
@@ -369,6 +373,7 @@ def _add_predict(sub) -> None:
                     help="INPUT is a BIDS dataset (automatic when it holds dataset_description.json): "
                          "write a BIDS derivative dataset into OUTPUT, "
                          "sub-XX/[ses-YY/]anat/sub-XX[_ses-YY]_desc-synthetic_<T2w...>.nii.gz + JSON sidecars")  # fmt: skip
+    _add_correction_weight(pr, "run")
     _add_uncertainty(pr, "also write <output>_uncertainty.nii.gz: the voxelwise std over test-time passes "
                          "(horizontal flips and 1-2 pixel shifts); volumes only")  # fmt: skip
     pr.set_defaults(func=cmd_predict)
@@ -389,6 +394,7 @@ def _add_export(sub) -> None:
     ex.add_argument("--onnx", type=Path, default=None)
     ex.add_argument("--safetensors", type=Path, default=None)
     ex.add_argument("--overwrite", action="store_true")
+    _add_correction_weight(ex, "export")
     ex.set_defaults(func=cmd_export)
 
 

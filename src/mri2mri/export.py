@@ -38,7 +38,7 @@ from mri2mri.config import RunConfig
 from mri2mri.contrast import source_reference_of
 from mri2mri.data.io import check_writable_output
 from mri2mri.errors import ConfigError, DataError
-from mri2mri.inference import load_generator
+from mri2mri.inference import load_generator, set_correction_weight
 from mri2mri.models import build_discriminator, count_parameters
 from mri2mri.models.generators import GENERATORS
 from mri2mri.predict import (
@@ -61,8 +61,13 @@ def export_model(
     onnx_path: Path | str | None = None,
     safetensors_path: Path | str | None = None,
     overwrite: bool = False,
+    correction_weight: float | None = None,
 ) -> list[Path]:
-    """Export a checkpoint's generator; returns the files written (models and model cards)."""
+    """Export a checkpoint's generator; returns the files written (models and model cards).
+
+    ``correction_weight`` exports a residual generator with that share of its learned correction
+    built into the ONNX graph (and recorded in the metadata and the model card) instead of the
+    one it was trained with."""
     if onnx_path is None and safetensors_path is None:
         raise ConfigError("nothing to export: pass --onnx FILE and/or --safetensors FILE")
     targets = [
@@ -81,6 +86,8 @@ def export_model(
 
     source = find_checkpoint(Path(checkpoint), "best")
     G, config, payload = load_generator(source, "cpu")
+    if correction_weight is not None:
+        config = set_correction_weight(G, config, correction_weight, source)
     run_dir = run_folder_of(source)
     reference = source_reference_of(source, config, payload)
     metadata = export_metadata(config, source, payload, reference)

@@ -42,15 +42,18 @@ def load_generator(checkpoint: Path, device: torch.device | str = "cpu") -> tupl
     return G, config, payload
 
 
-def set_correction_weight(G: nn.Module, config: RunConfig, weight: float, checkpoint: Path) -> None:
+def set_correction_weight(G: nn.Module, config: RunConfig, weight: float, checkpoint: Path) -> RunConfig:
     """Score or run a residual generator with another share of its correction than its
-    configuration's (``--correction-weight``); refused for a generator that makes the whole image."""
+    configuration's (``--correction-weight``); refused for a generator that makes the whole image.
+    Returns the configuration with that weight, for what records it (ONNX metadata, model card,
+    the provenance of a prediction)."""
     from mri2mri.models.residual import TableResidual
 
-    replace(config.model, correction_weight=weight)  # ModelConfig checks the range, as for train
+    model = replace(config.model, correction_weight=weight)  # ModelConfig checks the range, as for train
     if not isinstance(G, TableResidual):
         raise UserError(f"{checkpoint}: --correction-weight needs a residual generator; this one makes the whole image")
     G.correction_weight = float(weight)
+    return replace(config, model=model)
 
 
 def make_predictor(G: nn.Module, runtime: Runtime) -> Predictor:

@@ -110,6 +110,7 @@ def predict_path(
     uncertainty_passes: int = 8,
     inputs: dict[str, Path] | None = None,
     register: bool = False,
+    correction_weight: float | None = None,
 ) -> list[Path]:
     """Synthesise every input and return the files written (see the module docstring).
 
@@ -125,6 +126,9 @@ def predict_path(
     series for every volume (see :mod:`mri2mri.data.dicom_out`). With ``uncertainty`` every
     volume also gets ``<output>_uncertainty.nii.gz``: the voxelwise standard deviation over
     ``uncertainty_passes`` test-time passes (:mod:`mri2mri.uncertainty`).
+
+    ``correction_weight`` runs a residual checkpoint with that share of its learned correction
+    (:func:`load_model`); every output's provenance records the weight used.
 
     ``source`` is a NIfTI file, a DICOM series folder, a PNG/TIFF image, or a folder of them
     (batch mode: one output each in the folder ``output``). Existing outputs are refused
@@ -146,11 +150,11 @@ def predict_path(
     skipped: list[str] = []  # subjects of a batch left out before any work
     if inputs is None and not Path(source).is_dir():
         jobs = plan_jobs(Path(source), Path(output), **plan)
-        run, info = load_model(checkpoint, device=device, precision=precision)
+        run, info = load_model(checkpoint, device=device, precision=precision, correction_weight=correction_weight)
         if len(info.sources) > 1:
             raise DataError(f"{source}: {what_model_needs(info)}; give a subject folder, or --input CONTRAST=FILE for each")
     else:  # what a folder holds depends on the model's sources
-        run, info = load_model(checkpoint, device=device, precision=precision)
+        run, info = load_model(checkpoint, device=device, precision=precision, correction_weight=correction_weight)
         if inputs is not None or len(info.sources) > 1:
             jobs = plan_subject_jobs(info, None if source is None else Path(source), Path(output),
                                      inputs=inputs, problems=skipped, **plan)  # fmt: skip

@@ -65,13 +65,25 @@ class ModelInfo:
 
 
 def load_model(
-    checkpoint: Path | str, *, device: str = "auto", precision: str = "auto"
+    checkpoint: Path | str,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    correction_weight: float | None = None,
 ) -> tuple[Runner, ModelInfo]:
-    """A runner and its :class:`ModelInfo` for a ``.pth`` checkpoint, a run folder or a ``.onnx`` file."""
+    """A runner and its :class:`ModelInfo` for a ``.pth`` checkpoint, a run folder or a ``.onnx`` file.
+
+    ``correction_weight`` runs a residual checkpoint with that share of its learned correction
+    instead of the one it was trained with (``predict --correction-weight``); an ONNX graph has
+    its weight built in, so it is refused there."""
     checkpoint = Path(checkpoint)
     if checkpoint.suffix.lower() == ".onnx":
+        if correction_weight is not None:
+            raise ConfigError(f"{checkpoint}: --correction-weight applies to PyTorch checkpoints; an ONNX "
+                              "graph has its weight built in (export it again with `mri2mri export "
+                              "--correction-weight W`)")  # fmt: skip
         return load_onnx_model(checkpoint, device=device, precision=precision)
-    return load_torch_model(checkpoint, device=device, precision=precision)
+    return load_torch_model(checkpoint, device=device, precision=precision, correction_weight=correction_weight)
 
 
 def load_onnx_model(
@@ -108,6 +120,7 @@ def load_onnx_model(
     input_name = session.get_inputs()[0].name
     provenance = {key[len(META_PREFIX):]: value for key, value in meta.items()
                   if key.startswith(META_PREFIX) and key not in (META_CONFIG, META_REFERENCE)}  # fmt: skip
+    provenance.update(_correction_provenance(config))
 
     portable.check_finite_weights(portable.onnx_initializers(str(path)), path.name)
 
@@ -121,18 +134,21 @@ def load_onnx_model(
 
 
 def load_torch_model(
-    checkpoint: Path, *, device: str = "auto", precision: str = "auto"
+    checkpoint: Path, *, device: str = "auto", precision: str = "auto", correction_weight: float | None = None
 ) -> tuple[Runner, ModelInfo]:
-    """The generator of a checkpoint (EMA weights when present) in eval mode on ``device``."""
+    """The generator of a checkpoint (EMA weights when present) in eval mode on ``device``; with
+    ``correction_weight``, a residual one adds that share of its correction (see :func:`load_model`)."""
     import torch
 
-    from mri2mri.inference import load_generator, make_predictor
+    from mri2mri.inference import load_generator, make_predictor, set_correction_weight
     from mri2mri.runfolder import find_checkpoint
     from mri2mri.runtime import setup_runtime
 
     path = find_checkpoint(checkpoint, "best")
     runtime = setup_runtime(device, precision, channels_last=True)  # NHWC: faster convolutions
     G, config, payload = load_generator(path, runtime.device)
+    if correction_weight is not None:
+        config = set_correction_weight(G, config, correction_weight, path)
     weights = G.state_dict().items()
     portable.check_finite_weights(((k, v.detach().float().cpu().numpy()) for k, v in weights), path.name)
     predictor = make_predictor(G, runtime)
@@ -143,5 +159,13 @@ def load_torch_model(
     reference = source_reference_of(path, config, payload)
     info = ModelInfo(config=config, name=path.name, kind="pytorch", source_reference=reference,
                      provenance={"checkpoint": path.name, "epoch": payload.get("epoch"),
-                                 "weights": "ema" if payload.get("ema") else "G"})  # fmt: skip
+                                 "weights": "ema" if payload.get("ema") else "G",
+                                 **_correction_provenance(config)})  # fmt: skip
     return run, info
+
+
+def _correction_provenance(config: RunConfig) -> dict[str, float]:
+    """The share of the learned correction a residual model adds, for every output's provenance."""
+    if config.model.residual == "none":
+        return {}
+    return {"correction_weight": config.model.correction_weight}
