@@ -246,7 +246,7 @@ def test_another_correction_weight_reaches_predict_and_the_onnx_graph(exported, 
     export_model(exported["run"], onnx_path=whole_onnx, correction_weight=1.0)
     meta = {p.key: p.value for p in onnx.load(str(whole_onnx)).metadata_props}
     assert json.loads(meta["mri2mri.config"])["model"]["correction_weight"] == 1.0
-    assert "1 of" in (whole_onnx.parent / "MODEL_CARD.md").read_text()
+    assert "table of its input, 1 of it at inference" in (whole_onnx.parent / "MODEL_CARD.md").read_text()
 
     options = dict(device="cpu", precision="fp32")
     predict_path(exported["run"], tmp_path / "in.nii.gz", tmp_path / "half.nii.gz", **options)
