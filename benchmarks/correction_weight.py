@@ -25,7 +25,7 @@ from _common import RESULTS
 
 from mri2mri.data.cache import SliceCache
 from mri2mri.data.dataset import to_model_range, to_unit_range
-from mri2mri.inference import load_generator, set_correction_weight
+from mri2mri.inference import load_generator
 from mri2mri.metrics import image_metrics
 from mri2mri.models.residual import TableResidual
 from mri2mri.runfolder import RunFolder, find_checkpoint, read_json_object
@@ -47,9 +47,7 @@ def whole_and_table(G: TableResidual, source: torch.Tensor, batch_size: int = 16
 
 def score_run(run: Path, cache: SliceCache, held_out: str, weights: tuple[float, ...]) -> dict[str, dict[str, float]]:
     """Mean per-slice in-brain metrics of ``run`` on ``held_out`` at each weight."""
-    checkpoint = find_checkpoint(run, "best")
-    G, config, _ = load_generator(checkpoint)
-    set_correction_weight(G, config, 1.0, checkpoint)  # refuses a generator without a correction
+    G, _, _ = load_generator(find_checkpoint(run, "best"), correction_weight=1.0)  # refuses a plain generator
     start, stop = next(r.rows for r in cache.subjects if r.subject == held_out)
     source = torch.from_numpy(np.array(cache.source[start:stop], dtype=np.float32))
     target = torch.from_numpy(np.array(cache.target[start:stop], dtype=np.float32)).double()

@@ -45,13 +45,10 @@ def synthesise(run: Path, cache, row: int, correction_weight: float | None = Non
     configuration. ``correction_weight`` overrides a residual generator's (``test
     --correction-weight``)."""
     from mri2mri import metrics
-    from mri2mri.inference import load_generator, set_correction_weight
+    from mri2mri.inference import load_generator
     from mri2mri.runfolder import find_checkpoint
 
-    checkpoint = find_checkpoint(run)
-    G, config, _ = load_generator(checkpoint)
-    if correction_weight is not None:
-        set_correction_weight(G, config, correction_weight, checkpoint)
+    G, config, _ = load_generator(find_checkpoint(run), correction_weight=correction_weight)
     source = torch.from_numpy(np.array(cache.source[row : row + 1])).float() * 2 - 1
     with torch.inference_mode():
         generated = ((G(source).float() + 1) / 2).clamp(0, 1)

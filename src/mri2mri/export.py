@@ -38,7 +38,7 @@ from mri2mri.config import RunConfig
 from mri2mri.contrast import source_reference_of
 from mri2mri.data.io import check_writable_output
 from mri2mri.errors import ConfigError, DataError
-from mri2mri.inference import load_generator, set_correction_weight
+from mri2mri.inference import load_generator
 from mri2mri.models import build_discriminator, count_parameters
 from mri2mri.models.generators import GENERATORS
 from mri2mri.predict import (
@@ -85,9 +85,7 @@ def export_model(
         check_writable_output(path)  # before the export, not after it
 
     source = find_checkpoint(Path(checkpoint), "best")
-    G, config, payload = load_generator(source, "cpu")
-    if correction_weight is not None:
-        config = set_correction_weight(G, config, correction_weight, source)
+    G, config, payload = load_generator(source, "cpu", correction_weight)
     run_dir = run_folder_of(source)
     reference = source_reference_of(source, config, payload)
     metadata = export_metadata(config, source, payload, reference)

@@ -19,8 +19,16 @@ from mri2mri.runtime import Runtime, setup_runtime
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 
 
-def load_generator(checkpoint: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, RunConfig, dict[str, Any]]:
-    """The generator of a checkpoint (its EMA weights when it has them), in eval mode."""
+def load_generator(
+    checkpoint: Path, device: torch.device | str = "cpu", correction_weight: float | None = None
+) -> tuple[nn.Module, RunConfig, dict[str, Any]]:
+    """The generator of a checkpoint (its EMA weights when it has them), in eval mode, its run
+    configuration and the checkpoint's payload.
+
+    ``correction_weight`` makes a residual generator add that share of its learned correction
+    instead of its configuration's (``--correction-weight`` of test, predict and export); the
+    configuration returned then records it, for what writes it down (ONNX metadata, model card,
+    a prediction's provenance). A generator that makes the whole image is refused."""
     payload = load_checkpoint(checkpoint, map_location="cpu")
     # A valid torch file of the wrong structure (keys missing, tensors of other shapes, values
     # out of range) is one line naming the file, not a traceback from deep inside torch.
@@ -39,14 +47,12 @@ def load_generator(checkpoint: Path, device: torch.device | str = "cpu") -> tupl
             f"({first_line(error)[:200]})"
         ) from None
     G.eval().to(device)
+    if correction_weight is not None:
+        config = _set_correction_weight(G, config, correction_weight, checkpoint)
     return G, config, payload
 
 
-def set_correction_weight(G: nn.Module, config: RunConfig, weight: float, checkpoint: Path) -> RunConfig:
-    """Score or run a residual generator with another share of its correction than its
-    configuration's (``--correction-weight``); refused for a generator that makes the whole image.
-    Returns the configuration with that weight, for what records it (ONNX metadata, model card,
-    the provenance of a prediction)."""
+def _set_correction_weight(G: nn.Module, config: RunConfig, weight: float, checkpoint: Path) -> RunConfig:
     from mri2mri.models.residual import TableResidual
 
     model = replace(config.model, correction_weight=weight)  # ModelConfig checks the range, as for train
@@ -95,7 +101,7 @@ def evaluate_run(
     cache the run trained on) for a run that has none; other data is not scored without one.
 
     ``correction_weight`` scores a residual generator with that share of its correction instead
-    of its configuration's (:func:`set_correction_weight`).
+    of its configuration's (:func:`load_generator`).
     """
     from mri2mri.data.cache import SliceCache, is_cache
     from mri2mri.data.preprocess import ensure_cache
@@ -115,9 +121,7 @@ def evaluate_run(
     run_dir = run if run.is_dir() else checkpoint.parent.parent
     folder = RunFolder(run_dir)
     runtime = setup_runtime(device, channels_last=True)  # NHWC: faster convolutions, same outputs
-    G, config, _ = load_generator(checkpoint, runtime.device)
-    if correction_weight is not None:
-        set_correction_weight(G, config, correction_weight, checkpoint)
+    G, config, _ = load_generator(checkpoint, runtime.device, correction_weight)
     if data is None:
         data = folder.cache
         if not is_cache(data):

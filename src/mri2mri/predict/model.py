@@ -140,15 +140,13 @@ def load_torch_model(
     ``correction_weight``, a residual one adds that share of its correction (see :func:`load_model`)."""
     import torch
 
-    from mri2mri.inference import load_generator, make_predictor, set_correction_weight
+    from mri2mri.inference import load_generator, make_predictor
     from mri2mri.runfolder import find_checkpoint
     from mri2mri.runtime import setup_runtime
 
     path = find_checkpoint(checkpoint, "best")
     runtime = setup_runtime(device, precision, channels_last=True)  # NHWC: faster convolutions
-    G, config, payload = load_generator(path, runtime.device)
-    if correction_weight is not None:
-        config = set_correction_weight(G, config, correction_weight, path)
+    G, config, payload = load_generator(path, runtime.device, correction_weight)
     weights = G.state_dict().items()
     portable.check_finite_weights(((k, v.detach().float().cpu().numpy()) for k, v in weights), path.name)
     predictor = make_predictor(G, runtime)
