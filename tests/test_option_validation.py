@@ -48,7 +48,7 @@ TRAIN_OPTIONS = [
     ("--seed", "-1"), ("--num-workers", "-1"),
     ("--time-budget", "nan"), ("--time-budget", "-1"), ("--time-budget", "0"),
     ("--max-steps-per-epoch", "0"), ("--max-bad-steps", "0"), ("--checkpoint-every", "-1"),
-    ("--precision", "fp64"), ("--beta2", "1"),
+    ("--precision", "fp64"), ("--beta2", "1"), ("--lr-schedule", "cosine"),
     ("--augment-flip-probability", "1.5"), ("--augment-curve-probability", "-0.1"),
     ("--augment-degrees", "-1"), ("--augment-noise-std", "nan"), ("--augment-curve-knots", "0"),
     ("--augment-curve-strength", "1"),
@@ -138,6 +138,13 @@ def test_the_python_api_goes_through_the_same_checks():
         assert TrainConfig(precision=precision).precision == precision
 
 
+def test_two_learning_rate_decays_are_refused_together(inputs, tmp_path, capsys):
+    out = tmp_path / "run"
+    line = _refused(["train", str(inputs["cache"]), "--out", str(out), "--quiet", "--lr-decay-epochs", "2",
+                     "--lr-schedule", "linear"], out, capsys)  # fmt: skip
+    assert "--lr-decay-epochs" in line and "--lr-schedule" in line
+
+
 def test_an_empty_saved_configuration_is_one_line_on_resume(inputs, tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
@@ -149,7 +156,10 @@ def test_an_empty_saved_configuration_is_one_line_on_resume(inputs, tmp_path, ca
 
 
 # Values a string option needs to be valid; any other string option takes an arbitrary name.
-_VALID_STRINGS = {"precision": "fp32", "device": "cpu", "source": "T1c,FLAIR", "target": "PD"}
+_VALID_STRINGS = {"precision": "fp32", "device": "cpu", "source": "T1c,FLAIR", "target": "PD",
+                  "lr_schedule": "linear"}
+# Fields that refuse each other's non-default values: each is set on a command line of its own.
+_EXCLUSIVE = {"lr_decay_epochs"}
 
 
 def _other_value(field, default) -> list[str]:
@@ -173,9 +183,13 @@ def test_every_configuration_field_is_a_train_flag_and_reaches_config_json(tmp_p
     """The flags are derived from the dataclasses: each field of the run configuration that is
     not internal is a `train` option; setting it on the command line reaches the configuration
     and survives config.json."""
-    argv, expected = ["train", "data"], {}
-    for part, (kind, prefix) in PARTS.items():
-        for field in cli_fields(kind):
+    fields = [(part, kind, prefix, field) for part, (kind, prefix) in PARTS.items() for field in cli_fields(kind)]
+    together = [entry for entry in fields if entry[3].name not in _EXCLUSIVE]
+    alone = [[entry] for entry in fields if entry[3].name in _EXCLUSIVE]
+    assert len(alone) == len(_EXCLUSIVE)
+    for index, group in enumerate([together, *alone]):
+        argv, expected = ["train", "data"], {}
+        for part, kind, prefix, field in group:
             default = getattr(kind(), field.name)
             words = _other_value(field, default)
             flag = flag_of(field, prefix)
@@ -186,14 +200,15 @@ def test_every_configuration_field_is_a_train_flag_and_reaches_config_json(tmp_p
             else:
                 argv += [flag, *words]
             expected[(part, field.name)] = default
-    args = build_parser().parse_args(argv)
-    config = config_from_args(args, image_size=64)
-    for (part, name), default in expected.items():
-        if name != "image_size":
-            assert getattr(getattr(config, part), name) != default, f"{part}.{name} kept its default"
-    config.save(tmp_path / "config.json")
-    assert RunConfig.load(tmp_path / "config.json") == config
-    assert config.model.in_channels == config.data.in_channels == 2 * 7  # two sources, 3 context slices a side
+        args = build_parser().parse_args(argv)
+        config = config_from_args(args, image_size=64)
+        for (part, name), default in expected.items():
+            if name != "image_size":
+                assert getattr(getattr(config, part), name) != default, f"{part}.{name} kept its default"
+        config.save(tmp_path / f"config-{index}.json")
+        assert RunConfig.load(tmp_path / f"config-{index}.json") == config
+        if group is together:
+            assert config.model.in_channels == config.data.in_channels == 2 * 7  # two sources, 3 context slices a side
 
 
 def test_presets_live_with_the_configuration():

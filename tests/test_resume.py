@@ -40,6 +40,7 @@ OPTIONS = {
     "defaults": lambda: tiny_config(),
     "ema": lambda: _with(ema_decay=0.9),
     "lr-decay": lambda: _with(lr_decay_epochs=1),
+    "lr-linear": lambda: _with(lr_schedule="linear"),
     "grad-clip": lambda: _with(grad_clip=0.05),
     "d-steps": lambda: _with(d_steps=2),
     "augment": lambda: _with(augment=True),

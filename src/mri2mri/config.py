@@ -30,6 +30,7 @@ MAX_DISC_SCALES = 6
 # At most this many source contrasts stacked as input channels (every known contrast but the target).
 MAX_SOURCES = 4
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+LR_SCHEDULES = ("constant", "linear")
 BIAS_CORRECTIONS = ("n4", "none")
 LANGUAGES = ("en", "zh")
 
@@ -267,11 +268,11 @@ class TrainConfig:
     lambda_feature_matching: float = field(default=0.0, metadata=option(
         "weight of discriminator feature matching", flag="--lambda-fm"))  # fmt: skip
     lambda_perceptual: float = field(default=0.0, metadata=option("weight of the perceptual loss"))
-    perceptual_weights: str | None = field(default=None, metadata=option(
-        "state_dict file of the perceptual network"))  # fmt: skip
+    perceptual_weights: str | None = field(default=None, metadata=option("state_dict file of the perceptual network"))
     lambda_gp: float = field(default=10.0, metadata=option("weight of the gradient penalty (wgan-gp)"))
-    lr_decay_epochs: int = field(default=0, metadata=option(
-        "linear decay of the learning rate to zero over the last N epochs (pix2pix)"))  # fmt: skip
+    lr_decay_epochs: int = field(default=0, metadata=option("linear decay of the rate to zero over the last N epochs (pix2pix)"))
+    lr_schedule: str = field(default="constant", metadata=option(  # training/schedule.py
+        "constant, or linear: the learning rate falls to zero over the run (its steps or --time-budget)"))  # fmt: skip
     ema_decay: float = field(default=0.0, metadata=option("EMA decay of G's weights (0: off)", flag="--ema"))
     grad_clip: float = field(default=0.0, metadata=option("gradient-norm clipping (0: off)"))
     d_steps: int = field(default=1, metadata=option("discriminator updates per generator update"))
@@ -314,6 +315,10 @@ class TrainConfig:
                               ("--lambda-gp", self.lambda_gp), ("--grad-clip", self.grad_clip)):  # fmt: skip
             check_number(option, value, 0.0)
         check_int("--lr-decay-epochs", self.lr_decay_epochs, 0)
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"unknown --lr-schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+        if self.lr_schedule != "constant" and self.lr_decay_epochs > 0:
+            raise ConfigError("--lr-decay-epochs and --lr-schedule linear both set the decay; choose one")
         check_number("--ema", self.ema_decay, 0.0, 1.0, high_open=True)
         check_int("--d-steps", self.d_steps, 1, 100)
         check_int("--seed", self.seed, 0, 2**32 - 1)

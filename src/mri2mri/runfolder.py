@@ -36,10 +36,12 @@ if TYPE_CHECKING:  # numpy loads only where previews are read or written: the co
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
-# The columns of history.csv, one row per epoch.
+# The columns of history.csv, one row per epoch; "lr" is G's learning rate at the epoch's last
+# step. A resumed run rewrites the file with these columns (truncate_history), so a history from
+# before a column was added gains it, empty for the old rows.
 HISTORY_COLUMNS = (
     "epoch", "loss_G", "loss_D", "loss_L1", "val_L1", "val_PSNR", "val_SSIM",
-    "seconds", "images_per_s", "skipped_steps",
+    "seconds", "images_per_s", "skipped_steps", "lr",
 )  # fmt: skip
 
 

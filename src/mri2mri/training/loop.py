@@ -48,6 +48,7 @@ from mri2mri.training.sampling import (
     _steps_per_epoch,
     make_train_loader,
 )
+from mri2mri.training.schedule import set_learning_rate, whole_run_factor
 from mri2mri.training.state import Progress, TrainingStopped, _restore, _save
 from mri2mri.training.step import StepResult, gan_step
 from mri2mri.training.validation import validate
@@ -286,6 +287,8 @@ def _step(run: _Run, batch: Sample) -> None:
     step_start = time.perf_counter()
     torch.manual_seed(_step_seed(config.train.seed, progress.global_step, runtime.rank))
     source, target = _on_device(run, batch)
+    if config.train.lr_schedule != "constant":
+        set_learning_rate((run.nets.opt_G, run.nets.opt_D), config.train.lr * _rate_factor(run))
     result = gan_step(run.nets, source, target, config, runtime)
     images = source.shape[0] * runtime.world_size
     _account(progress, result, images, time.perf_counter() - step_start)
@@ -357,6 +360,19 @@ def _record(run: _Run, row: dict[str, Any]) -> None:
         _checkpoint(run, run.folder.best, keep_previous=False)
 
 
+def _rate_factor(run: _Run) -> float:
+    """The share of ``--lr`` for the next step of a whole-run schedule. Its time part is the
+    slowest rank's training time (one all-reduce), so every rank steps with the same rate and
+    the replicas stay equal."""
+    progress, runtime, train = run.progress, run.runtime, run.config.train
+    seconds = progress.train_seconds
+    if runtime.distributed and train.time_budget is not None:
+        value = torch.tensor([seconds], device=runtime.device, dtype=torch.float64)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        seconds = float(value.item())
+    return whole_run_factor(train, progress.global_step, seconds, train.epochs * run.steps_per_epoch)
+
+
 def _agreed(*flags: bool, runtime: Runtime) -> tuple[bool, ...]:
     """Each flag, true on every rank when it is true on any (one all-reduce for all of them), so
     every rank stops at the same step."""
@@ -420,6 +436,7 @@ def _epoch_row(run: _Run) -> dict[str, Any]:
         "seconds": round(seconds, 3),
         "images_per_s": round(run.epoch_images / max(seconds, 1e-9), 2),
         "skipped_steps": progress.skipped_steps,
+        "lr": run.nets.opt_G.param_groups[0]["lr"],
     }  # fmt: skip
     if runtime.is_main and len(run.val_set):
         row.update(validate(run.nets.inference_generator(), run.val_set, runtime, run.config.train.batch_size))

@@ -25,6 +25,7 @@ from mri2mri.models import build_discriminator, build_generator
 from mri2mri.models.residual import TABLE_BINS, TableResidual
 from mri2mri.runfolder import find_checkpoint
 from mri2mri.runtime import Runtime, maybe_compile, sync_batchnorm
+from mri2mri.training.schedule import epoch_decay
 
 
 class DiscriminatorObjective(nn.Module):
@@ -100,7 +101,7 @@ def build_networks(config: RunConfig, runtime: Runtime, table: torch.Tensor | No
     fused = runtime.device.type in ("cpu", "cuda")
     opt_G = torch.optim.Adam(G.parameters(), lr=train.lr, betas=betas, fused=fused)
     opt_D = torch.optim.Adam(D.parameters(), lr=train.lr, betas=betas, fused=fused)
-    decay = _linear_decay(train.epochs, train.lr_decay_epochs)
+    decay = epoch_decay(train.epochs, train.lr_decay_epochs)
     objective: nn.Module = DiscriminatorObjective(D, train.gan_loss, train.lambda_gp)
     G_train: nn.Module = G
     if runtime.distributed:
@@ -126,18 +127,6 @@ def build_networks(config: RunConfig, runtime: Runtime, table: torch.Tensor | No
         ema=ema,
         perceptual=perceptual,
     )
-
-
-def _linear_decay(epochs: int, decay_epochs: int):
-    """pix2pix's schedule: constant, then linearly to zero over the last ``decay_epochs``."""
-    start = max(epochs - decay_epochs, 0)
-
-    def factor(epoch: int) -> float:
-        if decay_epochs <= 0 or epoch < start:
-            return 1.0
-        return max(0.0, 1.0 - (epoch - start + 1) / (decay_epochs + 1))
-
-    return factor
 
 
 def residual_table(config: RunConfig, cache: SliceCache) -> torch.Tensor | None:
