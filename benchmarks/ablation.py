@@ -79,6 +79,8 @@ CONFIGS: dict[str, list[str]] = {
     # The residual model adding its whole correction at inference (the default before 0.5);
     # benchmarks/correction_weight.py scores finished runs at every weight without retraining.
     "whole-correction": ["--correction-weight", "1"],
+    # The rate falls linearly to zero over the run (its steps, or its --budget): Li et al. 2020.
+    "lr-linear": ["--lr-schedule", "linear"],
 }
 # Configurations that need their own prepared slices: `mri2mri prepare` arguments.
 PREPARE: dict[str, list[str]] = {"context1": ["--context-slices", "1"]}
