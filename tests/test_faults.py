@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 RUN = "gan_t1_to_t2"
 
-TRAIN_ARGS = ["--epochs", "150", "--batch-size", "4", "--base-channels", "8", "--dropout", "0",
+TRAIN_ARGS = ["--epochs", "60", "--batch-size", "4", "--base-channels", "8", "--dropout", "0",
               "--device", "cpu", "--seed", "5", "--quiet", "--checkpoint-every", "1"]  # fmt: skip
 
 
