@@ -11,6 +11,25 @@ from mri2mri.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from mri2mri.data.cache import CacheWriter, SubjectRecord, SubjectSlices
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real-mri"
+# Tests on real data (skipped when ../shared is absent) pick the few patients they need: preparing
+# one takes half a minute (N4 on each source), all 27 would take the suite's whole budget.
+requires_real_data = pytest.mark.skipif(not REAL_DATA.is_dir(), reason="../shared/data/real-mri is absent")
+
+
+def link_real_subjects(root: Path, subjects) -> Path:
+    """A data folder of links to these real patients' folders (their own files, unchanged)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for subject in subjects:
+        (root / subject).symlink_to(REAL_DATA / subject, target_is_directory=True)
+    return root
+
+
+def link_real_files(folder: Path, subject: str, names) -> Path:
+    """A subject folder holding links to only these files of a real patient."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).symlink_to(REAL_DATA / subject / name)
+    return folder
 
 
 def write_tiny_cache(

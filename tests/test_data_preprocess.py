@@ -10,10 +10,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import REAL_DATA, link_real_subjects, requires_real_data
 from scipy import ndimage
 
 from mri2mri.config import DataConfig
 from mri2mri.data.cache import SliceCache, is_cache
+from mri2mri.data.discovery import discover_pairs
 from mri2mri.data.geometry import (
     brain_mask,
     denormalise,
@@ -35,8 +37,6 @@ from mri2mri.data.preprocess import (
 )
 from mri2mri.errors import DataError
 from mri2mri.portable import prepare_volume
-
-REAL_MRI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real-mri"
 
 
 def head(shape=(36, 40, 32), seed=0) -> tuple[np.ndarray, np.ndarray]:
@@ -441,26 +441,47 @@ def test_prepare_from_manifest_and_dicom(tmp_path):
     assert sorted(p.name for p in (tmp_path / "vols").iterdir()) == ["a_t1.nii.gz", "a_t2.nii.gz"]
 
 
+# Three of the real patients, three pipelines and naming conventions: BraTS 2023 (raw int16,
+# -t1n/-t1c/-t2f), TCGA (already [0, 1], _fla) and BraTS 2018 (raw int16, _t1ce/_flair).
+PREPARED_REAL = ("BraTS-GLI-00001-000", "Brats18_2013_2_1", "TCGA-DU-7294")
+
+
 @pytest.mark.realdata
-@pytest.mark.skipif(not REAL_MRI.is_dir(), reason="../shared/data/real-mri is absent")
+@requires_real_data
 def test_prepare_real_mri(tmp_path):
-    path = prepare(REAL_MRI, DataConfig(image_size=64), tmp_path / "cache", progress=False)
+    """Three real patients with three sources each, through discovery, N4 and the cache."""
+    data = link_real_subjects(tmp_path / "data", PREPARED_REAL)
+    config = DataConfig(image_size=64, source=("T1", "T1c", "FLAIR"))
+    path = prepare(data, config, tmp_path / "cache", progress=False)
     cache = SliceCache(path)
-    assert sorted(r.subject for r in cache.subjects) == [
-        "BraTS-GLI-00001-000",
-        "BrainLesion-preprocessed_case",
-        "TCGA-DU-7294",
-    ]
+    assert sorted(r.subject for r in cache.subjects) == sorted(PREPARED_REAL)
     assert all(len(cache.split[name]) == 1 for name in ("train", "val", "test"))
-    assert cache.source.shape[1:] == (1, 64, 64)
+    assert cache.source.shape[1:] == (3, 64, 64)  # T1, T1c, FLAIR stacked (no context slices)
     highs = {r.subject: r.norm["source"]["high"] for r in cache.subjects}
     # Three scales (the N4 field keeps a volume's scale to within a few per cent).
-    assert highs["TCGA-DU-7294"] <= 2.0 < 100.0 < highs["BraTS-GLI-00001-000"]
+    assert highs["TCGA-DU-7294"] <= 2.0 < 100.0 < min(highs["BraTS-GLI-00001-000"], highs["Brats18_2013_2_1"])
+    brats18 = next(r for r in cache.subjects if r.subject == "Brats18_2013_2_1")
+    assert [Path(p).name for p in brats18.source_files] == [f"Brats18_2013_2_1_{c}.nii.gz" for c in ("t1", "t1ce", "flair")]
+    assert Path(brats18.target_file).name == "Brats18_2013_2_1_t2.nii.gz"
     for record in cache.subjects:
         start, stop = record.rows
         source = np.asarray(cache.source[start:stop])
         target = np.asarray(cache.target[start:stop])
-        assert source.min() >= 0.0 and source.max() <= 1.0 and source.max() > 0.9
+        for channel in range(3):  # each source normalised on its own
+            assert source[:, channel].min() >= 0.0 and 0.9 < source[:, channel].max() <= 1.0
         assert target.min() >= 0.0 and target.max() <= 1.0 and target.max() > 0.9
         assert record.geometry["canonical_shape"] == [240, 240, 155]
         assert stop - start > 50
+
+
+@pytest.mark.realdata
+@requires_real_data
+def test_discovery_finds_every_real_patient_with_four_contrasts():
+    """All 27 patients of ../shared/data/real-mri, whatever their naming (names only, nothing read)."""
+    discovery = discover_pairs(REAL_DATA, ("T1", "T1c", "FLAIR"), "T2")
+    assert not discovery.problems and discovery.skipped == 0
+    pairs = {pair.subject: pair for pair in discovery.pairs}
+    assert len(pairs) == 27 and sum(s.startswith("Brats18_") for s in pairs) == 24
+    case = pairs["Brats18_CBICA_AQN_1"]
+    assert [p.name for p in case.sources] == [f"Brats18_CBICA_AQN_1_{c}.nii.gz" for c in ("t1", "t1ce", "flair")]
+    assert case.target.name == "Brats18_CBICA_AQN_1_t2.nii.gz"

@@ -19,15 +19,16 @@ from mri2mri import __version__, console
 from mri2mri.config import (
     DEFAULT_RUN_NAME,
     LANGUAGES,
+    PREDICT_PRECISION,
+    PREDICT_PRECISION_HELP,
     PRESETS,
     DataConfig,
     RunConfig,
-    TrainConfig,
     check_int,
     preset_changes,
 )
 from mri2mri.errors import ConfigError, UserError
-from mri2mri.options import add_config_options, check_run, config_from_args, help_of, part_from_args
+from mri2mri.options import add_config_options, check_run, config_from_args, part_from_args
 from mri2mri.runfolder import RunFolder, RunLock, check_run_folder_location, write_split
 from mri2mri.threads import apply_thread_policy
 
@@ -365,7 +366,7 @@ def _add_predict(sub) -> None:
     pr.add_argument("--register", action="store_true",
                     help="several sources: rigidly register each input to the first before resampling")  # fmt: skip
     pr.add_argument("--device", default="auto")
-    pr.add_argument("--precision", default="auto", help=help_of(TrainConfig, "precision"))
+    pr.add_argument("--precision", default=PREDICT_PRECISION, help=PREDICT_PRECISION_HELP)
     pr.add_argument("--batch-size", type=int, default=16)
     pr.add_argument("--overwrite", action="store_true")
     pr.add_argument("--output-format", default="auto", choices=("auto", "nifti", "dicom"), help=OUTPUT_FORMAT_HELP)

@@ -38,13 +38,6 @@ def _spec(field: dataclasses.Field) -> dict[str, Any] | None:
     return field.metadata.get("cli", {})
 
 
-def help_of(kind: type, name: str) -> str:
-    """The help text of field ``name`` of ``kind``, for a command that offers it outside a run
-    configuration (``predict --precision``)."""
-    field = next(f for f in dataclasses.fields(kind) if f.name == name)
-    return (_spec(field) or {}).get("help", "")
-
-
 def cli_fields(kind: type) -> list[dataclasses.Field]:
     """The fields of a configuration dataclass that are command-line options."""
     return [f for f in dataclasses.fields(kind) if _spec(f) is not None]

@@ -44,7 +44,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mri2mri import console
-from mri2mri.config import check_int
+from mri2mri.config import PREDICT_PRECISION, check_int
 from mri2mri.errors import ConfigError, DataError
 from mri2mri.predict.jobs import (
     OUTPUT_FORMATS,
@@ -104,7 +104,7 @@ def predict_path(
     device: str = "auto",
     batch_size: int = 16,
     overwrite: bool = False,
-    precision: str = "auto",
+    precision: str = PREDICT_PRECISION,
     output_format: str = "auto",
     uncertainty: bool = False,
     uncertainty_passes: int = 8,

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from mri2mri import portable
-from mri2mri.config import DataConfig, RunConfig
+from mri2mri.config import PREDICT_PRECISION, DataConfig, RunConfig
 from mri2mri.contrast import source_reference_of
 from mri2mri.data.discovery import canonical_sources
 from mri2mri.errors import ConfigError, DataError, first_line
@@ -68,7 +68,7 @@ def load_model(
     checkpoint: Path | str,
     *,
     device: str = "auto",
-    precision: str = "auto",
+    precision: str = PREDICT_PRECISION,
     correction_weight: float | None = None,
 ) -> tuple[Runner, ModelInfo]:
     """A runner and its :class:`ModelInfo` for a ``.pth`` checkpoint, a run folder or a ``.onnx`` file.
@@ -87,7 +87,7 @@ def load_model(
 
 
 def load_onnx_model(
-    path: Path, *, device: str = "auto", precision: str = "auto"
+    path: Path, *, device: str = "auto", precision: str = PREDICT_PRECISION
 ) -> tuple[Runner, ModelInfo]:
     """An exported model run by onnxruntime (no PyTorch needed); its metadata configures predict."""
     import onnxruntime as ort
@@ -134,7 +134,8 @@ def load_onnx_model(
 
 
 def load_torch_model(
-    checkpoint: Path, *, device: str = "auto", precision: str = "auto", correction_weight: float | None = None
+    checkpoint: Path, *, device: str = "auto", precision: str = PREDICT_PRECISION,
+    correction_weight: float | None = None,
 ) -> tuple[Runner, ModelInfo]:
     """The generator of a checkpoint (EMA weights when present) in eval mode on ``device``; with
     ``correction_weight``, a residual one adds that share of its correction (see :func:`load_model`)."""
