@@ -2,7 +2,8 @@
 
 * no module over 500 lines and no function over 80, so every file reads top to bottom;
 * no import cycle between modules, lazy (function-level) imports included;
-* run-folder file names are spelled only in ``runfolder.py``;
+* run-folder file names are spelled only in ``runfolder.py``; ``split.json``, a file of both a run
+  and a cache, once by each owner;
 * English/Chinese strings live in one module (``text.py``);
 * training imports nothing from prediction.
 """
@@ -149,6 +150,15 @@ def _string_constants(path: Path):
 def test_run_folder_file_names_are_spelled_only_by_the_run_folder(name):
     spelled = [(node.lineno, node.value) for node in _string_constants(MODULES[name]) if node.value in RUN_FOLDER_NAMES]
     assert not spelled, f"{name} spells run-folder names (use mri2mri.runfolder.RunFolder): {spelled}"
+
+
+def test_split_json_is_spelled_once_by_each_owner():
+    """A run's split.json (RunFolder.split) and a cache's (data.cache.SPLIT_FILE): no third place."""
+    spelled = sorted(
+        (name, node.lineno) for name, path in MODULES.items() for node in _string_constants(path)
+        if node.value == "split.json"
+    )
+    assert [name for name, _ in spelled] == ["mri2mri.data.cache", "mri2mri.runfolder"], spelled
 
 
 def test_chinese_strings_live_in_one_module():

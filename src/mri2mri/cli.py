@@ -19,8 +19,6 @@ from mri2mri import __version__, console
 from mri2mri.config import (
     DEFAULT_RUN_NAME,
     LANGUAGES,
-    PREDICT_PRECISION,
-    PREDICT_PRECISION_HELP,
     PRESETS,
     DataConfig,
     RunConfig,
@@ -28,7 +26,14 @@ from mri2mri.config import (
     preset_changes,
 )
 from mri2mri.errors import ConfigError, UserError
-from mri2mri.options import add_config_options, check_run, config_from_args, part_from_args
+from mri2mri.options import (
+    PREDICT_PRECISION,
+    PREDICT_PRECISION_HELP,
+    add_config_options,
+    check_run,
+    config_from_args,
+    part_from_args,
+)
 from mri2mri.runfolder import RunFolder, RunLock, check_run_folder_location, write_split
 from mri2mri.threads import apply_thread_policy
 

@@ -38,6 +38,15 @@ def _spec(field: dataclasses.Field) -> dict[str, Any] | None:
     return field.metadata.get("cli", {})
 
 
+# Prediction runs in fp32 unless asked otherwise: the synthetic image is then the checkpoint's own
+# numbers on every machine, and the same (to 1e-4 of its range) as its ONNX export's, which
+# always runs in fp32. ``auto`` would pick bf16 on CPUs with native bf16 and not on others, so one
+# checkpoint would give two images (about 3e-3 of the range apart on a real volume).
+PREDICT_PRECISION = "fp32"
+PREDICT_PRECISION_HELP = (f"{PREDICT_PRECISION} (default: the same image on every machine and in the ONNX "
+                          "export), auto (bf16 on a GPU or a CPU with native bf16, else fp32), bf16 or fp16 (GPU)")
+
+
 def cli_fields(kind: type) -> list[dataclasses.Field]:
     """The fields of a configuration dataclass that are command-line options."""
     return [f for f in dataclasses.fields(kind) if _spec(f) is not None]

@@ -31,6 +31,9 @@ from mri2mri import atomic
 from mri2mri.config import DEFAULT_RUN_NAME
 from mri2mri.errors import DataError, UserError
 
+# The run's copy of its cache's subject split (the cache's own is data.cache.SPLIT_FILE).
+RUN_SPLIT_FILE = "split.json"
+
 if TYPE_CHECKING:  # numpy loads only where previews are read or written: the command line
     import numpy as np  # imports this module before it chooses the thread policy
 
@@ -89,7 +92,7 @@ class RunFolder:
 
     @property
     def split(self) -> Path:
-        return self.root / "split.json"
+        return self.root / RUN_SPLIT_FILE
 
     @property
     def history(self) -> Path:
@@ -198,7 +201,9 @@ class RunFolder:
 
     def read_split(self) -> dict[str, list[str]] | None:
         """The subject split the run trained with (its own copy, else its cache's); None if neither."""
-        for candidate in (self.split, self.cache / "split.json"):
+        from mri2mri.data.cache import SPLIT_FILE  # here: data.cache loads numpy (see above)
+
+        for candidate in (self.split, self.cache / SPLIT_FILE):
             if candidate.is_file():
                 return read_split_file(candidate)
         return None
@@ -211,7 +216,9 @@ class RunFolder:
     def keep_split_of(self, cache_dir: Path) -> None:
         """Keep the cache's subject split in the run folder, written when training starts (so a
         run stopped early has it too): ``test`` refuses to score the subjects a run trained on."""
-        source = Path(cache_dir) / "split.json"
+        from mri2mri.data.cache import SPLIT_FILE
+
+        source = Path(cache_dir) / SPLIT_FILE
         if source.is_file():
             atomic.write_bytes(self.split, source.read_bytes())
 
@@ -341,7 +348,7 @@ _HELD_BY_THIS_PROCESS: set[Path] = set()
 # What a run folder of this program holds; a folder holding anything else is the user's.
 RUN_FOLDER_ENTRIES = frozenset({
     "config.json", "history.csv", "run_summary.json", "metrics.json", "test_metrics.csv",
-    "report.html", "split.json", "checkpoints", "figures", "cache", "test_cache", ".lock",
+    "report.html", RUN_SPLIT_FILE, "checkpoints", "figures", "cache", "test_cache", ".lock",
 })  # fmt: skip
 
 

@@ -44,8 +44,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from mri2mri import console
-from mri2mri.config import PREDICT_PRECISION, check_int
+from mri2mri.config import check_int
 from mri2mri.errors import ConfigError, DataError
+from mri2mri.options import PREDICT_PRECISION
 from mri2mri.predict.jobs import (
     OUTPUT_FORMATS,
     Job,

@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 
 from mri2mri import portable
-from mri2mri.config import PREDICT_PRECISION, DataConfig, RunConfig
+from mri2mri.config import DataConfig, RunConfig
 from mri2mri.contrast import source_reference_of
 from mri2mri.data.discovery import canonical_sources
 from mri2mri.errors import ConfigError, DataError, first_line
+from mri2mri.options import PREDICT_PRECISION
 
 # (B, C, S, S) float32 in [-1, 1] -> (B, 1, S, S) float32 in [-1, 1]
 Runner = Callable[[np.ndarray], np.ndarray]
