@@ -449,16 +449,18 @@ PREPARED_REAL = ("BraTS-GLI-00001-000", "Brats18_2013_2_1", "TCGA-DU-7294")
 @pytest.mark.realdata
 @requires_real_data
 def test_prepare_real_mri(tmp_path):
-    """Three real patients with three sources each, through discovery, N4 and the cache."""
+    """Three real patients with three sources each, through discovery and the cache. Without N4,
+    which costs seconds a volume and has its own tests (test_bias_correction.py; test_export.py
+    runs it on a real subject)."""
     data = link_real_subjects(tmp_path / "data", PREPARED_REAL)
-    config = DataConfig(image_size=64, source=("T1", "T1c", "FLAIR"))
+    config = DataConfig(image_size=64, source=("T1", "T1c", "FLAIR"), bias_correction="none")
     path = prepare(data, config, tmp_path / "cache", progress=False)
     cache = SliceCache(path)
     assert sorted(r.subject for r in cache.subjects) == sorted(PREPARED_REAL)
     assert all(len(cache.split[name]) == 1 for name in ("train", "val", "test"))
     assert cache.source.shape[1:] == (3, 64, 64)  # T1, T1c, FLAIR stacked (no context slices)
     highs = {r.subject: r.norm["source"]["high"] for r in cache.subjects}
-    # Three scales (the N4 field keeps a volume's scale to within a few per cent).
+    # Three scales: [0, 1] and two raw scanner scales.
     assert highs["TCGA-DU-7294"] <= 2.0 < 100.0 < min(highs["BraTS-GLI-00001-000"], highs["Brats18_2013_2_1"])
     brats18 = next(r for r in cache.subjects if r.subject == "Brats18_2013_2_1")
     assert [Path(p).name for p in brats18.source_files] == [f"Brats18_2013_2_1_{c}.nii.gz" for c in ("t1", "t1ce", "flair")]
