@@ -288,6 +288,25 @@ def test_washed_out_and_rescaled_predictions_end_to_end(tmp_path):
         assert washed["pooled"][method] == rescaled["pooled"][method] == real["pooled"][method]
 
 
+def test_the_tables_and_the_model_card_show_the_new_metrics(evaluated):
+    """The console's summary, the Markdown table and the model card carry the windowed scores
+    and the histogram distance of every method."""
+    from mri2mri.config import RunConfig
+    from mri2mri.modelcard import model_card_text
+
+    _, run, result = evaluated
+    header = metrics_table(result, "en").splitlines()[0]
+    assert "PSNR in mask, windowed (dB)" in header and header.endswith("| Brain histogram W1 |")
+    assert metrics_table(result, "zh").splitlines()[0].endswith("| 脑内直方图 W1 距离 |")
+    assert all({"psnr_mask_window", "ssim_mask_window", "histogram_w1"} <= set(result["summary"][m])
+               for m in result["methods"])  # fmt: skip
+    card = model_card_text(RunConfig(), checkpoint=Path("G.pt"), run_dir=run, parameters={}, files=[])
+    table = card.split("| method |", 1)[1].splitlines()
+    assert "psnr_mask_window | ssim_mask_window | volume_psnr | histogram_w1 |" in table[0]
+    w1 = result["histogram_w1"]["model"]["mean"]
+    assert table[2].startswith("| model |") and table[2].endswith(f" | {w1:.4g} |")
+
+
 def test_bad_model_is_flagged(tmp_path):
     cache = build_cache(tmp_path)
     with pytest.warns(UserWarning, match="does not beat the intensity-map baseline"):
@@ -337,6 +356,7 @@ def test_png_pairs_2d_input_and_chinese_output(tmp_path):
     result = evaluate(good_predict(context=0), cache, tmp_path / "run", lang="zh",
                       n_figure_positions=1, progress=False)
     assert "volume_psnr" not in result and "volume_psnr" not in result["summary"]["model"]
+    assert "histogram_w1" not in result and "psnr_mask_window" in result["summary"]["model"]
     assert "掩膜" in result["caption"]
     assert result["baselines"]["identity"]["channel"] == 0
     assert (tmp_path / "run" / "figures" / "test_visualization_02.png").is_file()
