@@ -195,6 +195,8 @@ class _Volume:
                 baselines: Baselines) -> _Volume:  # fmt: skip
         brain: dict[str, list[torch.Tensor]] = {}
         for rows, raw in zip(chunks, generated, strict=True):
+            # Read again (the cache is memory-mapped) and keep brain voxels only: cheaper than
+            # holding every method's float64 volume until the subject is scored.
             slices = _Slices.read(cache, rows)
             inside = slices.mask
             for name, image in {**slices.outputs(raw, baselines), "target": slices.target}.items():
