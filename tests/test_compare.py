@@ -89,6 +89,50 @@ def test_table_csv_and_figure(two_runs):
     assert figure == root / "compare" / "compare.png" and figure.stat().st_size > 5000
 
 
+def test_new_metrics_are_compared_and_older_run_folders_still_read(two_runs, tmp_path):
+    """The windowed scores and the histogram distance are columns; a run tested before they
+    existed (its metrics.json lacks them) still compares, with "n/a" in those columns."""
+    root, good, _ = two_runs
+    old = tmp_path / "old_run"
+    old.mkdir()
+    for name in ("config.json", "history.csv", "run_summary.json", "predictions_preview.npz"):
+        (old / name).write_bytes((good / name).read_bytes())
+    metrics = json.loads((good / "metrics.json").read_text(encoding="utf-8"))
+    new_names = ("psnr_mask_window", "ssim_mask_window", "histogram_w1")
+    metrics.pop("histogram_w1")
+    metrics["metric_names"] = [m for m in metrics["metric_names"] if m not in new_names]
+    for part in (metrics["summary"], metrics["pooled"], metrics["across_subjects"],
+                 *metrics["per_subject"].values()):  # fmt: skip
+        for entry in part.values():
+            for name in new_names:
+                if isinstance(entry, dict):
+                    entry.pop(name, None)
+    (old / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+
+    table, csv_path, _ = compare_runs([good, old], tmp_path / "out")
+    header, _, new_row, old_row, baseline_row = table.strip().splitlines()
+    columns = [cell.strip() for cell in header.strip("|").split("|")]
+    at = {label: columns.index(label) for label in ("PSNR in mask, windowed (dB)", "SSIM in mask, windowed",
+                                                     "Brain histogram W1")}  # fmt: skip
+    cells = {name: [c.strip() for c in row.strip("|").split("|")]
+             for name, row in (("new", new_row), ("old", old_row), ("baseline", baseline_row))}  # fmt: skip
+    current = json.loads((good / "metrics.json").read_text(encoding="utf-8"))
+    w1 = current["histogram_w1"]["model"]
+    assert cells["new"][at["Brain histogram W1"]] == f"{w1['mean']:.4f} ± {w1['std']:.4f}"
+    assert cells["baseline"][at["PSNR in mask, windowed (dB)"]].startswith(
+        f"{current['pooled']['intensity-map']['psnr_mask_window']['mean']:.2f} ±")
+    assert all(cells["old"][i] == "n/a" for i in at.values())
+    assert cells["old"][columns.index("PSNR in mask (dB)")] == cells["new"][columns.index("PSNR in mask (dB)")]
+    with open(csv_path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert float(rows[0]["histogram_w1_mean"]) == pytest.approx(w1["mean"])
+    assert rows[1]["histogram_w1_mean"] == "" and rows[1]["psnr_mask_window_mean"] == ""
+    # The run report of the older folder is written too.
+    from mri2mri import report
+
+    assert "Brain-intensity histogram distance" not in report.write_run_report(old).read_text(encoding="utf-8")
+
+
 def test_chinese_table(two_runs):
     root, good, bad = two_runs
     table, _, figure = compare_runs([good, bad], root / "compare_zh", lang="zh")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -122,8 +123,15 @@ def test_outputs_exist_with_the_documented_layout(evaluated):
         assert set(on_disk["across_subjects"][method]) == set(METRIC_NAMES)
         assert on_disk["volume_psnr"][method]["n"] == 2
         assert on_disk["summary"][method]["psnr_mask"] == on_disk["pooled"][method]["psnr_mask"]["mean"]
+        # The second scoring (each image in its own window) and the histogram distance.
+        for name in ("psnr_mask_window", "ssim_mask_window"):
+            assert isinstance(on_disk["pooled"][method][name]["mean"], float)
+            assert on_disk["across_subjects"][method][name]["n"] == 2
+        assert set(on_disk["histogram_w1"][method]) == {"mean", "std", "n"}
+        assert on_disk["histogram_w1"][method]["n"] == 2
+        assert on_disk["summary"][method]["histogram_w1"] == on_disk["histogram_w1"][method]["mean"]
         for subject in ("sub-02", "sub-03"):
-            assert set(on_disk["per_subject"][subject][method]) == {*METRIC_NAMES, "volume_psnr"}
+            assert set(on_disk["per_subject"][subject][method]) == {*METRIC_NAMES, "volume_psnr", "histogram_w1"}
     assert "multiplied by the brain mask" in on_disk["caption"]
     assert on_disk["beats_intensity_map"] is True and on_disk["warnings"] == []
     start, stop = cache.record("sub-01").rows  # the one training subject
@@ -187,6 +195,118 @@ def test_volume_psnr_pools_brain_voxels_of_the_subject(evaluated):
     assert got == pytest.approx(expected, abs=1e-6)
 
 
+def _subject_volume(cache, subject: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The identity baseline's prediction, the target and the brain mask of a whole subject."""
+    start, stop = cache.record(subject).rows
+    source = np.asarray(cache.source[start:stop, 1], dtype=np.float64)
+    target = np.asarray(cache.target[start:stop, 0], dtype=np.float64)
+    return source, target, np.asarray(cache.mask[start:stop, 0]) > 0
+
+
+def test_windows_are_the_subjects_own_percentiles(evaluated):
+    """Windowed scores: each image in the window of its own brain voxels over the whole subject
+    (all its slices, although the batches hold 3), scored in the brain; a NumPy formula."""
+    cache, run, _ = evaluated
+    source, target, mask = _subject_volume(cache, "sub-02")
+
+    def windowed(image: np.ndarray) -> np.ndarray:
+        low, high = np.percentile(image[mask], [0.5, 99.5])
+        return np.clip((image - low) / (high - low), 0.0, 1.0)
+
+    p, t = windowed(source), windowed(target)
+    rows = [r for r in _read_csv(run / "test_metrics.csv") if r["subject"] == "sub-02" and r["method"] == "identity"]
+    for k, row in enumerate(rows):
+        m = mask[k]
+        expected = 10 * np.log10(1.0 / np.mean((p[k][m] - t[k][m]) ** 2))
+        assert float(row["psnr_mask_window"]) == pytest.approx(expected, abs=1e-6)
+        _, local = sk_ssim(t[k] * m, p[k] * m, gaussian_weights=True, sigma=1.5,
+                           use_sample_covariance=False, data_range=1.0, full=True)
+        assert float(row["ssim_mask_window"]) == pytest.approx(local[m].mean(), abs=1e-6)
+
+
+def test_histogram_w1_compares_the_subjects_brain_intensities(evaluated):
+    from scipy.stats import wasserstein_distance
+
+    cache, _, result = evaluated
+    values = []
+    for subject in ("sub-02", "sub-03"):
+        source, target, mask = _subject_volume(cache, subject)
+        expected = wasserstein_distance(source[mask], target[mask])
+        assert result["per_subject"][subject]["identity"]["histogram_w1"] == pytest.approx(expected, abs=1e-9)
+        values.append(expected)
+    assert result["histogram_w1"]["identity"]["mean"] == pytest.approx(np.mean(values), abs=1e-9)
+    assert result["histogram_w1"]["identity"]["std"] == pytest.approx(np.std(values), abs=1e-9)
+
+
+def oracle_predict(cache, transform):
+    """A fake generator that returns ``transform`` of the real target of each slice it is given
+    (found by its source), so that a test can choose the prediction's intensities exactly."""
+    sources = to_model_range(torch.from_numpy(np.asarray(cache.source, dtype=np.float32)))
+    targets = np.asarray(cache.target, dtype=np.float64)
+
+    def predict(batch: torch.Tensor) -> torch.Tensor:
+        gaps = (batch[:, None] - sources[None]).abs().flatten(2).amax(dim=2)  # (B, rows)
+        rows = gaps.argmin(dim=1).numpy()
+        assert float(gaps.min(dim=1).values.max()) < 1e-6  # every slice found
+        return to_model_range(torch.from_numpy(transform(targets[rows])).float())
+
+    return predict
+
+
+def test_washed_out_and_rescaled_predictions_end_to_end(tmp_path):
+    """What the two new scorings are for, through `evaluate`: a washed-out average is far from
+    the real brain histogram, and a prediction of the right shape on the wrong scale (an affine
+    rescaling of the target) is poor on the unit scale but perfect once windowed."""
+    cache = build_cache(tmp_path)
+    test_rows = [i for s in ("sub-02", "sub-03") for i in range(*cache.record(s).rows)]
+    brain = np.asarray(cache.mask[test_rows]) > 0
+    brain_mean = float(np.asarray(cache.target[test_rows], dtype=np.float64)[brain].mean())
+
+    def run(name, transform):
+        with warnings.catch_warnings():  # losing to the baseline; std of an infinite PSNR
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return evaluate(oracle_predict(cache, transform), cache, tmp_path / name,
+                            n_figure_positions=0, progress=False)  # fmt: skip
+
+    real = run("real", lambda t: t)
+    washed = run("washed", lambda t: brain_mean + 0.05 * (t - brain_mean))
+    rescaled = run("rescaled", lambda t: 0.3 * t + 0.05)
+
+    assert real["histogram_w1"]["model"]["mean"] < 1e-6
+    assert washed["histogram_w1"]["model"]["mean"] > 0.05
+    assert washed["histogram_w1"]["model"]["mean"] > 1000 * max(real["histogram_w1"]["model"]["mean"], 1e-7)
+    assert set(rescaled["histogram_w1"]) == {"model", "identity", "intensity-map"}
+    model = rescaled["pooled"]["model"]
+    assert model["psnr_mask"]["mean"] < 15
+    windowed = [float(r["psnr_mask_window"]) for r in _read_csv(tmp_path / "rescaled" / "test_metrics.csv")
+                if r["method"] == "model"]  # fmt: skip
+    assert len(windowed) == 8 and min(windowed) > 80  # inf (null in metrics.json) when exact
+    assert model["ssim_mask_window"]["mean"] == pytest.approx(1.0, abs=1e-6)
+    # The baselines are scored by the same rules, whatever the model: identical in all three runs.
+    for method in ("identity", "intensity-map"):
+        assert washed["pooled"][method] == rescaled["pooled"][method] == real["pooled"][method]
+
+
+def test_the_tables_and_the_model_card_show_the_new_metrics(evaluated):
+    """The console's summary, the Markdown table and the model card carry the windowed scores
+    and the histogram distance of every method."""
+    from mri2mri.config import RunConfig
+    from mri2mri.modelcard import model_card_text
+
+    _, run, result = evaluated
+    header = metrics_table(result, "en").splitlines()[0]
+    assert "PSNR in mask, windowed (dB)" in header and header.endswith("| Brain histogram W1 |")
+    assert metrics_table(result, "zh").splitlines()[0].endswith("| 脑内直方图 W1 距离 |")
+    assert all({"psnr_mask_window", "ssim_mask_window", "histogram_w1"} <= set(result["summary"][m])
+               for m in result["methods"])  # fmt: skip
+    card = model_card_text(RunConfig(), checkpoint=Path("G.pt"), run_dir=run, parameters={}, files=[])
+    table = card.split("| method |", 1)[1].splitlines()
+    assert "psnr_mask_window | ssim_mask_window | volume_psnr | histogram_w1 |" in table[0]
+    w1 = result["histogram_w1"]["model"]["mean"]
+    assert table[2].startswith("| model |") and table[2].endswith(f" | {w1:.4g} |")
+
+
 def test_bad_model_is_flagged(tmp_path):
     cache = build_cache(tmp_path)
     with pytest.warns(UserWarning, match="does not beat the intensity-map baseline"):
@@ -236,6 +356,7 @@ def test_png_pairs_2d_input_and_chinese_output(tmp_path):
     result = evaluate(good_predict(context=0), cache, tmp_path / "run", lang="zh",
                       n_figure_positions=1, progress=False)
     assert "volume_psnr" not in result and "volume_psnr" not in result["summary"]["model"]
+    assert "histogram_w1" not in result and "psnr_mask_window" in result["summary"]["model"]
     assert "掩膜" in result["caption"]
     assert result["baselines"]["identity"]["channel"] == 0
     assert (tmp_path / "run" / "figures" / "test_visualization_02.png").is_file()

@@ -177,8 +177,8 @@ def test_every_metric_is_declared_once_with_labels_in_both_languages():
     names = [metric.name for metric in metrics.METRICS]
     assert len(set(names)) == len(names) and tuple(names) == metrics.METRIC_NAMES
     for lang in text.LANGS:
-        assert set(text.METRIC_LABELS[lang]) == {*names, metrics.VOLUME_METRIC}
-    assert set(metrics.DIGITS) == set(metrics.HIGHER_IS_BETTER) == {*names, metrics.VOLUME_METRIC}
+        assert set(text.METRIC_LABELS[lang]) == {*names, *metrics.VOLUME_METRICS}
+    assert set(metrics.DIGITS) == set(metrics.HIGHER_IS_BETTER) == {*names, *metrics.VOLUME_METRICS}
     for selection in (metrics.COMPARISON_METRICS, metrics.CARD_METRICS, metrics.VIEWER_METRICS):
         assert set(selection) <= set(metrics.DIGITS)
 
@@ -194,3 +194,82 @@ def test_image_metrics_computes_every_registered_metric():
         better = perfect[metric.name] >= values[metric.name] if metric.higher_is_better else \
             perfect[metric.name] <= values[metric.name]
         assert bool(better.all()), metric.name
+
+
+# ---------------------------------------------------------------------------------------------
+# The second scoring (each image in its own window) and the histogram distance.
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_histogram_distance_matches_scipy(seed):
+    from scipy.stats import wasserstein_distance
+
+    pred, target, mask = _random_batch(seed, batch=4)
+    got = metrics.histogram_distance(_t(pred), _t(target), _t(mask))
+    assert got == pytest.approx(wasserstein_distance(pred[mask], target[mask]), abs=1e-12)
+    # Without a mask: every voxel; and voxels already picked (1D) are accepted as they are.
+    assert metrics.histogram_distance(_t(pred), _t(target)) == pytest.approx(
+        wasserstein_distance(pred.ravel(), target.ravel()), abs=1e-12)
+    assert metrics.histogram_distance(_t(pred[mask]), _t(target[mask])) == pytest.approx(got, abs=1e-15)
+
+
+def test_histogram_distance_sees_the_intensity_distribution_not_the_voxels():
+    _, target, mask = _random_batch(3)
+    shuffled = np.random.default_rng(4).permutation(target.ravel()).reshape(target.shape)
+    assert metrics.histogram_distance(_t(shuffled), _t(target)) == pytest.approx(0.0, abs=1e-15)
+    assert metrics.histogram_distance(_t(target + 0.1), _t(target), _t(mask)) == pytest.approx(0.1, abs=1e-12)
+    # A washed-out average: the right mean, a narrow spread.
+    mean = target[mask].mean()
+    washed = mean + 0.1 * (target - mean)
+    assert metrics.histogram_distance(_t(washed), _t(target), _t(mask)) > 0.2
+    assert math.isnan(metrics.histogram_distance(_t(target), _t(target), _t(np.zeros_like(mask))))
+    with pytest.raises(ValueError, match="differ in shape"):
+        metrics.histogram_distance(_t(target), _t(target[:1]))
+
+
+def test_window_is_the_percentile_formula():
+    pred, _, mask = _random_batch(5, batch=2)
+    window = metrics.Window.of(_t(pred), _t(mask))
+    low, high = np.percentile(pred[mask], [0.5, 99.5])
+    assert (window.low, window.high) == pytest.approx((low, high), abs=1e-15)
+    np.testing.assert_allclose(window(_t(pred)).numpy(), np.clip((pred - low) / (high - low), 0, 1), atol=1e-15)
+    # The window of all voxels, and the identity window when there are none.
+    assert metrics.Window.of(_t(pred)).high == pytest.approx(np.percentile(pred, 99.5), abs=1e-15)
+    assert metrics.Window.of(_t(pred), _t(np.zeros_like(mask))) == metrics.Window(0.0, 1.0)
+    # A flat image has a flat window: a step at its value.
+    flat = metrics.Window(0.4, 0.4)
+    np.testing.assert_array_equal(flat(torch.tensor([0.3, 0.4, 0.5])).numpy(), [0.0, 0.0, 1.0])
+
+
+def test_windowed_metrics_score_each_image_in_its_own_window():
+    pred, target, mask = _random_batch(6)
+    target_window = metrics.Window(0.1, 0.8)
+    pred_window = metrics.Window(0.2, 0.7)
+    values = metrics.image_metrics(_t(pred), _t(target), _t(mask), (pred_window, target_window))
+    p = np.clip((pred - 0.2) / 0.5, 0, 1)
+    t = np.clip((target - 0.1) / 0.7, 0, 1)
+    for i in range(len(pred)):
+        m = mask[i, 0]
+        assert values["psnr_mask_window"][i] == pytest.approx(
+            10 * np.log10(1.0 / np.mean((p[i, 0][m] - t[i, 0][m]) ** 2)), abs=TOL)
+        _, reference_map = _sk_ssim_full(p[i, 0] * m, t[i, 0] * m)
+        assert values["ssim_mask_window"][i] == pytest.approx(reference_map[m].mean(), abs=TOL)
+    # Without windows, each image stack is windowed by its own percentiles over the batch's mask.
+    default = metrics.image_metrics(_t(pred), _t(target), _t(mask))
+    own = (metrics.Window.of(_t(pred), _t(mask)), metrics.Window.of(_t(target), _t(mask)))
+    explicit = metrics.image_metrics(_t(pred), _t(target), _t(mask), own)
+    torch.testing.assert_close(default["psnr_mask_window"], explicit["psnr_mask_window"])
+
+
+def test_windowing_forgives_the_scale_but_not_the_shape():
+    """A prediction with the right contrast on the wrong intensity scale (an affine rescaling of
+    the target) is poor on the unit scale and perfect once each image is in its own window."""
+    _, target, mask = _random_batch(8)
+    rescaled = 0.4 * target + 0.35
+    values = metrics.image_metrics(_t(rescaled), _t(target), _t(mask))
+    assert float(values["psnr_mask"].max()) < 20
+    assert float(values["psnr_mask_window"].min()) > 100
+    torch.testing.assert_close(values["ssim_mask_window"], torch.ones(3, dtype=torch.float64))
+    # The window does not forgive a wrong shape: an inverted contrast stays bad.
+    inverted = metrics.image_metrics(_t(1 - target), _t(target), _t(mask))
+    assert float(inverted["psnr_mask_window"].max()) < 10

@@ -141,6 +141,9 @@ def test_test_scores_both_baselines_for_several_sources(run_dir, subjects, tmp_p
     assert cli_main(["test", str(run_dir), str(run_dir / "cache"), "--device", "cpu"]) == 0
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["methods"] == ["model", "identity", "intensity-map", "linear-regression"]
+    for method in metrics["methods"]:  # both scorings and the histogram distance, baselines included
+        assert metrics["pooled"][method]["psnr_mask_window"]["n"] == metrics["pooled"][method]["psnr_mask"]["n"]
+        assert metrics["histogram_w1"][method]["mean"] >= 0
     assert metrics["source"] == "T1,T1c,FLAIR"
     assert metrics["baselines"]["linear-regression"]["channels"] == [1, 4, 7]
     assert metrics["baselines"]["intensity-map"]["channel"] == 1

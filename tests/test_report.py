@@ -128,6 +128,26 @@ def test_run_report_tolerates_partial_folders_and_unknown_metrics(tmp_path):
     assert IMG_SRC.findall(page) == []
 
 
+def test_run_report_shows_the_histogram_distance_in_both_languages(tmp_path):
+    """metrics.json of this version: the windowed scores among the pooled metrics and the
+    brain-intensity histogram distance per method, the lower in bold; METRICS above, without
+    them (an older run folder), is shown by the other tests."""
+    run = make_run(tmp_path)
+    metrics = json.loads(json.dumps(METRICS))
+    metrics["pooled"]["model"]["psnr_mask_window"] = {"mean": 24.2, "std": 1.9, "n": 8}
+    metrics["pooled"]["intensity-map"]["psnr_mask_window"] = {"mean": 21.5, "std": 1.1, "n": 8}
+    metrics["histogram_w1"] = {"model": {"mean": 0.052, "std": 0.01, "n": 2},
+                               "intensity-map": {"mean": 0.071, "std": 0.02, "n": 2}}  # fmt: skip
+    (run / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    page = report.write_run_report(run).read_text(encoding="utf-8")
+    assert "<th>psnr_mask_window</th>" in page and "<strong>24.2 ± 1.9</strong>" in page
+    assert "Brain-intensity histogram distance" in page and "<th>Brain histogram W1</th>" in page
+    assert "<strong>0.052 ± 0.01</strong>" in page and "<strong>0.071 ± 0.02</strong>" not in page
+    assert "Other entries" not in page.split("histogram distance", 1)[1].split("Per subject", 1)[0]
+    chinese = report.write_run_report(run, lang="zh").read_text(encoding="utf-8")
+    assert "脑内强度直方图距离" in chinese and "脑内直方图 W1 距离" in chinese
+
+
 def test_run_report_errors(tmp_path):
     with pytest.raises(DataError, match="run folder not found"):
         report.write_run_report(tmp_path / "absent")

@@ -7,7 +7,8 @@ cannot be ranked against each other, so they are refused.
 
 Outputs in ``out_dir``: ``compare.md`` (table and caption), ``compare.csv`` (raw numbers) and
 ``compare.png`` (the same test slice from every run side by side, the intensity-map baseline
-beside them). The metric columns are :data:`mri2mri.metrics.COMPARISON_METRICS`.
+beside them). The metric columns are :data:`mri2mri.metrics.COMPARISON_METRICS`; a run tested
+before one of them existed shows "n/a" there.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 from mri2mri import figures, text
 from mri2mri.errors import DataError
 from mri2mri.metrics import COMPARISON_METRICS, DIGITS
-from mri2mri.report.tables import TABLE_HEADERS, caption, format_mean_std
+from mri2mri.report.tables import TABLE_HEADERS, caption, format_mean_std, method_summary
 from mri2mri.runfolder import RunFolder
 
 BASELINE = "intensity-map"
@@ -141,18 +142,17 @@ def _table_rows(runs: Sequence[Run]) -> list[list[str]]:
     for run in runs:
         model = run.config.get("model", {})
         train = run.config.get("train", {})
-        pooled = run.metrics["pooled"]["model"]
         rows.append([
             run.label, model.get("generator", "n/a"), model.get("discriminator", "n/a"),
             train.get("gan_loss", "n/a"), _number(run.summary.get("epochs"), 0),
-            *(format_mean_std(pooled.get(m), DIGITS[m]) for m in TABLE_METRICS),
+            *(format_mean_std(method_summary(run.metrics, "model", m), DIGITS[m]) for m in TABLE_METRICS),
             f"{_count(run.summary.get('parameters_G'))} / {_count(run.summary.get('parameters_D'))}",
             _duration(run.summary.get("train_seconds")), _number(run.summary.get("images_per_s")),
         ])
-    baseline = runs[0].metrics["pooled"][BASELINE]
     rows.append([
         BASELINE, "—", "—", "—", "—",
-        *(format_mean_std(baseline.get(m), DIGITS[m]) for m in TABLE_METRICS), "0 / 0", "—", "—",
+        *(format_mean_std(method_summary(runs[0].metrics, BASELINE, m), DIGITS[m]) for m in TABLE_METRICS),
+        "0 / 0", "—", "—",
     ])
     return rows
 
@@ -165,10 +165,10 @@ def _csv_rows(runs: Sequence[Run]) -> tuple[list[str], list[list[Any]]]:
                "beats_intensity_map"]
     rows = []
 
-    def metric_cells(pooled: dict[str, Any]) -> list[Any]:
+    def metric_cells(metrics: dict[str, Any], method: str) -> list[Any]:
         cells: list[Any] = []
         for metric in TABLE_METRICS:
-            entry = pooled.get(metric) or {}
+            entry = method_summary(metrics, method, metric) or {}
             cells += [entry.get("mean"), entry.get("std")]
         return cells
 
@@ -177,11 +177,11 @@ def _csv_rows(runs: Sequence[Run]) -> tuple[list[str], list[list[Any]]]:
         rows.append([
             run.label, str(run.folder), model.get("generator"), model.get("discriminator"),
             train.get("gan_loss"), summary.get("epochs"), summary.get("steps"),
-            *metric_cells(run.metrics["pooled"]["model"]),
+            *metric_cells(run.metrics, "model"),
             summary.get("parameters_G"), summary.get("parameters_D"), summary.get("train_seconds"),
             summary.get("images_per_s"), summary.get("device"), run.metrics.get("beats_intensity_map"),
         ])
-    rows.append([BASELINE, "", "", "", "", "", "", *metric_cells(runs[0].metrics["pooled"][BASELINE]),
+    rows.append([BASELINE, "", "", "", "", "", "", *metric_cells(runs[0].metrics, BASELINE),
                  0, 0, "", "", "", ""])
     return header, [["" if cell is None else cell for cell in row] for row in rows]
 

@@ -13,6 +13,13 @@ whose borders come from half-sample symmetric padding (``scipy.ndimage`` mode "r
 Whole-image SSIM is the mean of that map with a 5-pixel border cropped, as scikit-image does;
 masked SSIM is the mean of the map over the mask.
 
+Two scorings: on the unit scale the images are stored in, and *windowed* (:class:`Window`):
+each image first rescaled by its own 0.5-99.5th percentiles of the brain voxels, as a viewer
+and most downstream tools show it, so that a prediction with the right contrast but a compressed
+or shifted intensity range is not rewarded or punished for the scale alone (``_window`` metrics).
+:func:`histogram_distance` compares the brain-intensity distributions of whole volumes: a smooth,
+narrow-range prediction (an average) scores well on unit-scale PSNR but far from the real one here.
+
 The evaluation protocol for skull-stripped data lives in :func:`image_metrics`. Each test metric
 is declared once, in :data:`METRICS` (name, formula, table digits, direction); everything that
 scores, summarises, tabulates or plots test metrics iterates over it, and the metric's English
@@ -26,6 +33,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from scipy import ndimage
 
@@ -36,6 +44,8 @@ SSIM_WINDOW = 2 * SSIM_RADIUS + 1  # 11
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
 
+# The percentiles of an image's brain voxels that a window maps to 0 and 1.
+WINDOW_PERCENTILES = (0.5, 99.5)
 
 
 def _check_pair(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> None:
@@ -232,6 +242,61 @@ def volume_psnr(
     return psnr_value(error / count, data_range)
 
 
+def histogram_distance(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+) -> float:
+    """The 1-Wasserstein distance between the intensity distributions of ``pred`` and ``target``
+    over the mask (all voxels without one): how far the prediction's histogram is from the real
+    one, in intensity units; lower is better, 0 for the same histogram. NaN for an empty mask.
+
+    Any shape (a whole volume (D, 1, H, W), or voxels already picked); both images are sampled
+    at the same voxels, so the distance is the mean gap between their sorted values.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+    if mask is not None:
+        if mask.shape != pred.shape:
+            raise ValueError(f"mask {tuple(mask.shape)} and images {tuple(pred.shape)} differ in shape")
+        inside = mask > 0
+        pred, target = pred[inside], target[inside]
+    if pred.numel() == 0:
+        return math.nan
+    # Equal-weight samples of equal size: the optimal transport pairs the i-th smallest values.
+    gaps = torch.sort(pred.reshape(-1).double()).values - torch.sort(target.reshape(-1).double()).values
+    return float(gaps.abs().mean())
+
+
+@dataclass(frozen=True)
+class Window:
+    """An intensity window: ``low`` maps to 0 and ``high`` to 1, values beyond are clipped.
+
+    :meth:`of` takes an image's own 0.5th and 99.5th percentiles of its brain voxels, which is
+    what a viewer's automatic window and most downstream tools do with an MRI volume.
+    """
+
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, image: torch.Tensor, mask: torch.Tensor | None = None) -> Window:
+        """The window of ``image``'s voxels inside ``mask`` (all of them without one), over the
+        whole tensor: for a subject, pass all its slices (or their brain voxels) at once.
+        An image with no voxels gets the identity window (0, 1)."""
+        values = image if mask is None else image[mask > 0]
+        if values.numel() == 0:
+            return cls(0.0, 1.0)
+        # NumPy rather than torch.quantile, which refuses tensors of over 2**24 values (a volume).
+        low, high = np.percentile(values.detach().to("cpu", torch.float64).numpy(), WINDOW_PERCENTILES)
+        return cls(float(low), float(high))
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        """clip((image - low) / (high - low), 0, 1); a flat window (high == low) is a step at low,
+        the limit of a narrowing window."""
+        if self.high > self.low:
+            return ((image - self.low) / (self.high - self.low)).clamp(0.0, 1.0)
+        return (image > self.low).to(image.dtype)
+
+
 class ProtocolPair:
     """A batch under the skull-stripped evaluation protocol, and the sums its metrics share.
 
@@ -242,10 +307,17 @@ class ProtocolPair:
     brain voxels only. Both images are zero outside the mask, so the whole-image and in-mask
     error sums are the same sums divided by different voxel counts (and NMSE is the same
     either way). Each sum is computed on first use, once, shape (B,).
+
+    ``windows`` (the prediction's and the target's :class:`Window`) are those of the whole
+    volume the batch comes from; without them each image stack is windowed by its own
+    percentiles over the batch's brain voxels. :attr:`windowed` is the pair after windowing.
     """
 
-    def __init__(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor):
+    def __init__(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                 windows: tuple[Window, Window] | None = None):  # fmt: skip
         _check_pair(pred, target, mask)
+        self.mask = mask
+        self.windows = windows
         self.weights = _weights(pred, mask)
         inside = self.weights > 0
         zero = torch.zeros_like(pred)
@@ -275,6 +347,13 @@ class ProtocolPair:
         """The SSIM map of the masked images (B, C, H, W)."""
         return ssim_map(self.pred, self.target)
 
+    @functools.cached_property
+    def windowed(self) -> ProtocolPair:
+        """The same pair with the prediction and the target each in its own window."""
+        pred_window, target_window = self.windows or (Window.of(self.pred, self.mask),
+                                                      Window.of(self.target, self.mask))  # fmt: skip
+        return ProtocolPair(pred_window(self.pred), target_window(self.target), self.mask)
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -289,7 +368,8 @@ class Metric:
 
 
 # The test metrics, in table order: whole image (masked prediction vs masked target), then
-# in-mask; ``ssim_mask`` is the mean over the mask of the same SSIM map.
+# in-mask; ``ssim_mask`` is the mean over the mask of the same SSIM map; then the in-mask PSNR
+# and SSIM of the windowed images (each image in its own window, ProtocolPair.windowed).
 METRICS: tuple[Metric, ...] = (
     Metric("psnr", lambda p: psnr_from_mse(p.squared_error / p.all_voxels), 2, True),
     Metric("ssim", lambda p: _ssim_from_map(p.ssim_map, None), 4, True),
@@ -299,24 +379,34 @@ METRICS: tuple[Metric, ...] = (
     Metric("ssim_mask", lambda p: _ssim_from_map(p.ssim_map, p.weights), 4, True),
     Metric("mae_mask", lambda p: p.absolute_error / p.brain_voxels, 4, False),
     Metric("nmse_mask", lambda p: p.squared_error / p.energy, 4, False),
+    Metric("psnr_mask_window", lambda p: psnr_from_mse(p.windowed.squared_error / p.brain_voxels), 2, True),
+    Metric("ssim_mask_window", lambda p: _ssim_from_map(p.windowed.ssim_map, p.weights), 4, True),
 )
 METRIC_NAMES = tuple(metric.name for metric in METRICS)
 
-# The one metric of a whole volume (streamed error sums, :func:`volume_psnr`), beside them.
+# The metrics of a whole volume, one value per subject, beside them: its 3D PSNR over the brain
+# (streamed error sums, :func:`volume_psnr`) and its brain-intensity histogram distance
+# (:func:`histogram_distance`, unit scale).
 VOLUME_METRIC = "volume_psnr"
-DIGITS = {**{metric.name: metric.digits for metric in METRICS}, VOLUME_METRIC: 2}
-HIGHER_IS_BETTER = {**{metric.name: metric.higher_is_better for metric in METRICS}, VOLUME_METRIC: True}
+HISTOGRAM_METRIC = "histogram_w1"
+VOLUME_METRICS = (VOLUME_METRIC, HISTOGRAM_METRIC)
+DIGITS = {**{metric.name: metric.digits for metric in METRICS}, VOLUME_METRIC: 2, HISTOGRAM_METRIC: 4}
+HIGHER_IS_BETTER = {**{metric.name: metric.higher_is_better for metric in METRICS},
+                    VOLUME_METRIC: True, HISTOGRAM_METRIC: False}  # fmt: skip
 
 # The metrics a short summary shows, in its order (all are names above).
-COMPARISON_METRICS = ("psnr_mask", "ssim_mask", "mae_mask", "psnr", "ssim")  # mri2mri compare
-CARD_METRICS = ("psnr", "ssim", "mae", "nmse", "psnr_mask", "ssim_mask", VOLUME_METRIC)  # model card
+COMPARISON_METRICS = ("psnr_mask", "ssim_mask", "mae_mask", "psnr", "ssim",
+                      "psnr_mask_window", "ssim_mask_window", HISTOGRAM_METRIC)  # mri2mri compare
+CARD_METRICS = ("psnr", "ssim", "mae", "nmse", "psnr_mask", "ssim_mask", "psnr_mask_window",
+                "ssim_mask_window", VOLUME_METRIC, HISTOGRAM_METRIC)  # model card
 VIEWER_METRICS = ("psnr_mask", "ssim_mask", "mae_mask")  # the report's slice viewer, per slice
 
 
 def image_metrics(
-    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, windows: tuple[Window, Window] | None = None
 ) -> dict[str, torch.Tensor]:
     """Every metric of :data:`METRICS` for each image under the skull-stripped evaluation
-    protocol (:class:`ProtocolPair`). Returns name -> (B,) tensor, in table order."""
-    pair = ProtocolPair(pred, target, mask)
+    protocol (:class:`ProtocolPair`). ``windows``: the prediction's and the target's windows of
+    the whole volume (default: of the batch). Returns name -> (B,) tensor, in table order."""
+    pair = ProtocolPair(pred, target, mask, windows)
     return {metric.name: metric.compute(pair) for metric in METRICS}

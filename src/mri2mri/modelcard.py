@@ -77,7 +77,10 @@ def _metrics_section(metrics: Any) -> list[str]:
     lines = [
         f"On the {metrics.get('split', 'test')} split ({len(subjects)} subjects, "
         f"{test_set.get('n_slices', 'n/a')} slices) with `mri2mri test`; means over slices "
-        "(volume_psnr: over subjects). Images in [0, 1]; `_mask` metrics use brain voxels only. "
+        "(volume_psnr, histogram_w1: over subjects). Images in [0, 1]; `_mask` metrics use brain "
+        "voxels only; `_window` metrics score each image after windowing it by its own 0.5-99.5th "
+        "percentiles of the subject's brain voxels; histogram_w1 is the distance between the "
+        "predicted and the real brain-intensity histograms (lower is better). "
         "`identity` copies the input, `intensity-map` is a per-intensity lookup table fitted on "
         "the training split: a model that does not beat it has learnt little beyond a grey-level mapping.",
         "",

@@ -23,16 +23,20 @@ def check_lang(lang: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Metrics: one label per metric of mri2mri.metrics.METRICS (and the volume metric), used as the
+# Metrics: one label per metric of mri2mri.metrics.METRICS (and the volume metrics), used as the
 # column header of the Markdown and HTML tables and, for PSNR and SSIM, on validation curves.
 
 METRIC_LABELS: dict[str, dict[str, str]] = {
     "en": {"psnr": "PSNR (dB)", "ssim": "SSIM", "mae": "MAE", "nmse": "NMSE",
            "psnr_mask": "PSNR in mask (dB)", "ssim_mask": "SSIM in mask", "mae_mask": "MAE in mask",
-           "nmse_mask": "NMSE in mask", "volume_psnr": "3D PSNR in mask (dB)"},
+           "nmse_mask": "NMSE in mask", "psnr_mask_window": "PSNR in mask, windowed (dB)",
+           "ssim_mask_window": "SSIM in mask, windowed", "volume_psnr": "3D PSNR in mask (dB)",
+           "histogram_w1": "Brain histogram W1"},
     "zh": {"psnr": "PSNR (dB)", "ssim": "SSIM", "mae": "MAE", "nmse": "NMSE",
            "psnr_mask": "掩膜内 PSNR (dB)", "ssim_mask": "掩膜内 SSIM", "mae_mask": "掩膜内 MAE",
-           "nmse_mask": "掩膜内 NMSE", "volume_psnr": "掩膜内三维 PSNR (dB)"},
+           "nmse_mask": "掩膜内 NMSE", "psnr_mask_window": "掩膜内开窗 PSNR (dB)",
+           "ssim_mask_window": "掩膜内开窗 SSIM", "volume_psnr": "掩膜内三维 PSNR (dB)",
+           "histogram_w1": "脑内直方图 W1 距离"},
 }  # fmt: skip
 METHOD_HEADER = {"en": "Method", "zh": "方法"}
 
@@ -44,7 +48,9 @@ CAPTIONS = {
         "Whole-image PSNR/SSIM/MAE/NMSE compare the prediction multiplied by the brain mask with "
         "the target (whose background is zero after skull stripping; a generator's is not). "
         "In-mask values use brain voxels only; masked SSIM is the mean of the SSIM map "
-        "(Gaussian window 11, sigma 1.5) over the mask. Mean ± std over slices. Baselines: "
+        "(Gaussian window 11, sigma 1.5) over the mask. Windowed values score each image after "
+        "mapping its own 0.5th-99.5th percentiles of the subject's brain voxels to [0, 1]. "
+        "Mean ± std over slices. Baselines: "
         "identity (the {source} input itself) and intensity-map (mean {target} intensity per "
         "{source} intensity bin, fitted on the training split)."
     ),
@@ -52,7 +58,9 @@ CAPTIONS = {
         "{split} 集：{n_subjects} 个受试者，{n_slices} 张切片；强度缩放到 [0, 1]。"
         "整幅图像的 PSNR/SSIM/MAE/NMSE 以乘以脑掩膜后的预测图像与目标图像比较"
         "（去颅骨后目标背景为零，生成器输出则不然）。掩膜内指标只使用脑体素；"
-        "掩膜 SSIM 为 SSIM 图（高斯窗 11，sigma 1.5）在掩膜内的均值。数值为切片上的均值 ± 标准差。"
+        "掩膜 SSIM 为 SSIM 图（高斯窗 11，sigma 1.5）在掩膜内的均值。"
+        "开窗指标先将每幅图像按其自身在该受试者脑体素中的第 0.5 至 99.5 百分位数映射到 [0, 1] 再评分。"
+        "数值为切片上的均值 ± 标准差。"
         "基线：identity（直接使用输入 {source}）与 intensity-map"
         "（按 {source} 强度分箱的 {target} 平均强度，在训练集上拟合）。"
     ),
@@ -132,6 +140,8 @@ REPORT: dict[str, dict[str, str]] = {
         "pooled": "Pooled test metrics (mean ± std)",
         "across_subjects": "Across subjects (mean ± std of the per-subject means)",
         "volume_psnr": "Volume PSNR (dB, over each subject's brain voxels)",
+        "histogram_w1": "Brain-intensity histogram distance (1-Wasserstein, unit scale, per subject; "
+                        "lower is better)",
         "per_subject": "Per subject",
         "protocol": "Evaluation protocol",
         "test_set": "Test set",
@@ -171,6 +181,7 @@ REPORT: dict[str, dict[str, str]] = {
         "pooled": "汇总测试指标（均值 ± 标准差）",
         "across_subjects": "受试者间（各受试者均值的均值 ± 标准差）",
         "volume_psnr": "体积 PSNR（dB，每名受试者的全部脑体素）",
+        "histogram_w1": "脑内强度直方图距离（1-Wasserstein，[0, 1] 标度，按受试者；越低越好）",
         "per_subject": "按受试者",
         "protocol": "评估方案",
         "test_set": "测试集",

@@ -4,7 +4,11 @@
 slices, per slice, per subject and pooled, and refuses to score any subject the model was
 trained on. Everything it reports is on images in [0, 1] under one protocol
 (:class:`mri2mri.metrics.ProtocolPair`): whole-image metrics compare the prediction multiplied
-by the brain mask with the (masked) target, in-mask metrics use brain voxels only. Three parts:
+by the brain mask with the (masked) target, in-mask metrics use brain voxels only. The
+``_window`` metrics score the same images after each is windowed by its own 0.5-99.5th
+percentiles of the subject's brain voxels (:class:`mri2mri.metrics.Window`), and
+``histogram_w1`` is the distance between the predicted and the real brain-intensity histograms
+of each subject's volume (:func:`mri2mri.metrics.histogram_distance`). Three parts:
 
 * :mod:`~mri2mri.evaluation.scoring` — model and baselines -> per-slice metric values (no files);
 * :mod:`~mri2mri.evaluation.summary` — values -> means and std, per subject and pooled: the payload;
@@ -26,20 +30,24 @@ The payload::
      "test_set": {"subjects": [...], "n_slices", "slices_sha1", "targets_sha1", "cache_fingerprint"},
      "metric_names": [name of each metric of mri2mri.metrics.METRICS],
      "methods": ["model", "identity", "intensity-map"],
-     "summary":         {method: {metric: mean, "volume_psnr": mean}},  # compact, for printing
+     "summary":         {method: {metric: mean, "volume_psnr": mean, "histogram_w1": mean}},
      "pooled":          {method: {metric: {"mean", "std", "n"}}},       # over all slices
      "across_subjects": {method: {metric: {"mean", "std", "n"}}},       # over per-subject means
      "volume_psnr":     {method: {"mean", "std", "n"}},   # volumes only: 3D PSNR over the brain
+     "histogram_w1":    {method: {"mean", "std", "n"}},   # volumes only: brain histogram distance
      "per_subject": {subject: {"n_slices": int,
-                               method: {metric: {"mean", "std", "n"}, "volume_psnr": float}}},
+                               method: {metric: {"mean", "std", "n"}, "volume_psnr": float,
+                                        "histogram_w1": float}}},
      "baselines": {"identity": {"channel"}, "intensity-map": {"fitted_on", "n_bins", "n_voxels",
                                                               "empty_bins", "table"}},
      "beats_intensity_map": bool, "warnings": [...],
      "uncertainty": {"method", "passes", "spearman": {"mean", "std", "n"},   # only with
                      "per_subject": {subject: {"spearman", "n_voxels"}}}}    # uncertainty_passes
 
-"model" is the evaluated model (named by "model_name"); "volume_psnr" entries exist only when
-the subjects are volumes (cache kind "volume"), not PNG pairs.
+"model" is the evaluated model (named by "model_name"); "volume_psnr" and "histogram_w1" entries
+exist only when the subjects are volumes (cache kind "volume"), not PNG pairs. Every metric name
+is one of :data:`mri2mri.metrics.METRICS` (``psnr_mask_window`` and ``ssim_mask_window`` among
+them); run folders written before a metric existed lack its keys, and readers skip them.
 Standard deviations are population ones (ddof 0); non-finite numbers are written as null.
 """
 

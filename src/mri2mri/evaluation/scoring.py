@@ -2,7 +2,11 @@
 
 Pure: nothing here writes a file. :func:`score_batches` streams :class:`ScoredBatch` records,
 each a run of one subject's consecutive slices with every method's prediction and the metric
-values of :data:`mri2mri.metrics.METRICS` per slice; summarising
+values of :data:`mri2mri.metrics.METRICS` per slice, and the subject's whole-volume values.
+A subject is read twice: first every method predicts all its slices, which gives each image's
+window (:class:`mri2mri.metrics.Window`, over the subject's brain voxels) and the histogram
+distances of the whole volume; then its slices are scored. Only the model's raw output is kept
+between the two passes (the baselines are cheap to run again). Summarising
 (:mod:`mri2mri.evaluation.summary`) and writing (:mod:`mri2mri.evaluation.writing`) consume them.
 """
 
@@ -19,7 +23,13 @@ from mri2mri.baselines import IntensityMap, LinearRegression, identity
 from mri2mri.data.cache import SliceCache, SubjectRecord
 from mri2mri.data.dataset import to_model_range, to_unit_range
 from mri2mri.errors import DataError
-from mri2mri.metrics import image_metrics, squared_error_sum
+from mri2mri.metrics import (
+    HISTOGRAM_METRIC,
+    Window,
+    histogram_distance,
+    image_metrics,
+    squared_error_sum,
+)
 from mri2mri.runfolder import RunFolder
 from mri2mri.uncertainty import tta_std
 
@@ -101,6 +111,7 @@ class ScoredBatch:
     outputs: dict[str, torch.Tensor]  # method -> (B, 1, H, W) float64 in [0, 1]
     values: dict[str, dict[str, list[float]]]  # method -> metric -> one value per slice
     error_sums: dict[str, tuple[float, int]]  # method -> (squared error, voxels) over the mask
+    volume_values: dict[str, dict[str, float]]  # method -> histogram_w1 of the whole subject
     non_finite: int  # non-finite values in the model's raw output
     spread: np.ndarray | None  # (B, 1, H, W) uncertainty, with uncertainty passes
 
@@ -127,36 +138,96 @@ def score_batches(
     """Every slice of ``records``, ``batch_size`` at a time (a batch never spans two subjects)."""
     for record in records:
         start, stop = record.rows
-        for batch_start in range(start, stop, batch_size):
-            rows = range(batch_start, min(stop, batch_start + batch_size))
-            yield _score(predict, cache, record, rows, baselines, uncertainty_passes)
+        chunks = [range(b, min(stop, b + batch_size)) for b in range(start, stop, batch_size)]
+        generated = [_generate(predict, _Slices.read(cache, rows)) for rows in chunks]
+        volume = _Volume.measure(cache, chunks, generated, baselines)
+        for rows, raw in zip(chunks, generated, strict=True):
+            yield _score(predict, cache, record, rows, raw, volume, baselines, uncertainty_passes)
 
 
-def _score(predict: Predict, cache: SliceCache, record: SubjectRecord, rows: range,
-           baselines: Baselines, uncertainty_passes: int) -> ScoredBatch:  # fmt: skip
-    picked = slice(rows.start, rows.stop)
-    source = torch.from_numpy(np.array(cache.source[picked], dtype=np.float32))
-    target_array = np.array(cache.target[picked], dtype=np.float32)
-    mask_array = np.array(cache.mask[picked])
-    target = torch.from_numpy(target_array).double()
-    mask = torch.from_numpy(mask_array > 0)
+@dataclass(frozen=True)
+class _Slices:
+    """Consecutive cached slices: the source batch, the target and the brain mask."""
 
+    source: torch.Tensor  # (B, C, H, W) float32 in [0, 1]
+    target_array: np.ndarray  # (B, 1, H, W) float32, as cached
+    mask_array: np.ndarray  # (B, 1, H, W), as cached
+
+    @classmethod
+    def read(cls, cache: SliceCache, rows: range) -> _Slices:
+        picked = slice(rows.start, rows.stop)
+        return cls(torch.from_numpy(np.array(cache.source[picked], dtype=np.float32)),
+                   np.array(cache.target[picked], dtype=np.float32), np.array(cache.mask[picked]))  # fmt: skip
+
+    @property
+    def target(self) -> torch.Tensor:
+        return torch.from_numpy(self.target_array).double()
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return torch.from_numpy(self.mask_array > 0)
+
+    def outputs(self, generated: torch.Tensor, baselines: Baselines) -> dict[str, torch.Tensor]:
+        """Every method's (B, 1, H, W) float64 prediction in [0, 1], the model first."""
+        model = to_unit_range(generated.to(torch.float64)).clamp(0.0, 1.0)
+        return {"model": model, **baselines.predict(self.source.double())}
+
+
+def _generate(predict: Predict, slices: _Slices) -> torch.Tensor:
+    """The model's raw output for the slices, on the CPU, in the dtype it came in."""
     with torch.no_grad():
-        generated = predict(to_model_range(source))
-    if tuple(generated.shape) != tuple(target.shape):
-        raise ValueError(f"predict returned {tuple(generated.shape)} for targets {tuple(target.shape)}")
-    generated = generated.detach().to("cpu", torch.float64)
-    outputs = {"model": to_unit_range(generated).clamp(0.0, 1.0), **baselines.predict(source.double())}
-    spread = _uncertainty(predict, source, uncertainty_passes) if uncertainty_passes else None
+        generated = predict(to_model_range(slices.source))
+    if tuple(generated.shape) != tuple(slices.target_array.shape):
+        raise ValueError(f"predict returned {tuple(generated.shape)} for targets {tuple(slices.target_array.shape)}")
+    return generated.detach().to("cpu")
+
+
+@dataclass(frozen=True)
+class _Volume:
+    """What is measured over all of a subject's slices: each method's and the target's window,
+    and each method's histogram distance to the target (brain voxels, unit scale)."""
+
+    windows: dict[str, Window]  # method or "target" -> its window
+    histogram: dict[str, float]  # method -> 1-Wasserstein distance to the target
+
+    @classmethod
+    def measure(cls, cache: SliceCache, chunks: list[range], generated: list[torch.Tensor],
+                baselines: Baselines) -> _Volume:  # fmt: skip
+        brain: dict[str, list[torch.Tensor]] = {}
+        for rows, raw in zip(chunks, generated, strict=True):
+            # Read again (the cache is memory-mapped) and keep brain voxels only: cheaper than
+            # holding every method's float64 volume until the subject is scored.
+            slices = _Slices.read(cache, rows)
+            inside = slices.mask
+            for name, image in {**slices.outputs(raw, baselines), "target": slices.target}.items():
+                brain.setdefault(name, []).append(image[inside])
+        voxels = {name: torch.cat(parts) for name, parts in brain.items()}
+        return cls(
+            windows={name: Window.of(values) for name, values in voxels.items()},
+            histogram={name: histogram_distance(values, voxels["target"])
+                       for name, values in voxels.items() if name != "target"},
+        )  # fmt: skip
+
+
+def _score(predict: Predict, cache: SliceCache, record: SubjectRecord, rows: range, generated: torch.Tensor,
+           volume: _Volume, baselines: Baselines, uncertainty_passes: int) -> ScoredBatch:  # fmt: skip
+    slices = _Slices.read(cache, rows)
+    target, mask = slices.target, slices.mask
+    outputs = slices.outputs(generated, baselines)
+    spread = _uncertainty(predict, slices.source, uncertainty_passes) if uncertainty_passes else None
+
+    def scored(method: str, prediction: torch.Tensor) -> dict[str, list[float]]:
+        windows = (volume.windows[method], volume.windows["target"])
+        return {name: value.tolist() for name, value in image_metrics(prediction, target, mask, windows).items()}
 
     offsets = range(rows.start - record.rows[0], rows.stop - record.rows[0])
     return ScoredBatch(
         record=record, offsets=offsets, slice_indices=[record.slice_indices[o] for o in offsets],
-        source=identity(source, baselines.channel).numpy()[:, 0], target=target_array, mask=mask_array,
-        outputs=outputs,
-        values={method: {name: value.tolist() for name, value in image_metrics(prediction, target, mask).items()}
-                for method, prediction in outputs.items()},
+        source=identity(slices.source, baselines.channel).numpy()[:, 0], target=slices.target_array,
+        mask=slices.mask_array, outputs=outputs,
+        values={method: scored(method, prediction) for method, prediction in outputs.items()},
         error_sums={method: squared_error_sum(prediction, target, mask) for method, prediction in outputs.items()},
+        volume_values={method: {HISTOGRAM_METRIC: volume.histogram[method]} for method in outputs},
         non_finite=int((~torch.isfinite(generated)).sum()), spread=spread,
     )  # fmt: skip
 

@@ -19,12 +19,20 @@ import numpy as np
 from mri2mri import text
 from mri2mri.data.cache import SliceCache, SubjectRecord
 from mri2mri.evaluation.scoring import Baselines, ScoredBatch
-from mri2mri.metrics import METRIC_NAMES, VOLUME_METRIC, psnr_value
+from mri2mri.metrics import (
+    HISTOGRAM_METRIC,
+    METRIC_NAMES,
+    VOLUME_METRIC,
+    VOLUME_METRICS,
+    WINDOW_PERCENTILES,
+    psnr_value,
+)
 from mri2mri.report.tables import caption
 from mri2mri.uncertainty import spearman
 
 SCHEMA = 1
 
+_LOW, _HIGH = WINDOW_PERCENTILES
 PROTOCOL = {
     "range": "images scaled to [0, 1]; predictions clamped",
     "whole_image": "prediction and target multiplied by the brain mask",
@@ -32,7 +40,12 @@ PROTOCOL = {
     "ssim": "scikit-image structural_similarity: Gaussian window 11, sigma 1.5, K1 0.01, "
             "K2 0.03, population covariance; whole image = cropped map mean, "
             "masked = map mean over the mask",
+    "window": f"_window metrics: each image (prediction, baseline, target) first mapped to "
+              f"clip((x - p{_LOW:g}) / (p{_HIGH:g} - p{_LOW:g}), 0, 1) by its own {_LOW:g}th and "
+              f"{_HIGH:g}th percentiles of the brain voxels of the subject's test slices",
     "volume_psnr": "one PSNR over every brain voxel of a subject's cached slices",
+    "histogram_w1": "1-Wasserstein distance between the predicted and the real intensity "
+                    "distributions of a subject's brain voxels, unit scale (lower is better)",
     "std": "population standard deviation (ddof 0)",
 }  # fmt: skip
 UNCERTAINTY = {
@@ -45,11 +58,18 @@ UNCERTAINTY = {
 
 @dataclass
 class SubjectScores:
-    """Per-slice metric values of one method on one subject, and its 3D error sums."""
+    """Per-slice metric values of one method on one subject, its 3D error sums and its other
+    whole-volume values (histogram_w1)."""
 
     values: dict[str, list[float]] = field(default_factory=lambda: {m: [] for m in METRIC_NAMES})
     squared_error: float = 0.0
     voxels: int = 0
+    volume_values: dict[str, float] = field(default_factory=dict)
+
+    def volume(self) -> dict[str, float]:
+        """Every whole-volume metric of :data:`mri2mri.metrics.VOLUME_METRICS` (NaN if unknown)."""
+        psnr = psnr_value(self.squared_error / self.voxels) if self.voxels else math.nan
+        return {VOLUME_METRIC: psnr, HISTOGRAM_METRIC: self.volume_values.get(HISTOGRAM_METRIC, math.nan)}
 
 
 class Tally:
@@ -80,6 +100,7 @@ class Tally:
             error, voxels = batch.error_sums[method]
             scored.squared_error += error
             scored.voxels += voxels
+            scored.volume_values.update(batch.volume_values[method])  # the same on every batch
         if batch.spread is not None:
             inside = batch.mask > 0
             self.spreads[subject].append(batch.spread[inside])
@@ -174,36 +195,39 @@ def _nan(value: float | None) -> float:
 
 
 def summarise(scores: dict[str, dict[str, SubjectScores]], kind_volume: bool) -> dict[str, Any]:
-    """The summary, pooled, across_subjects, volume_psnr and per_subject parts of the payload."""
-    pooled, across, volume = {}, {}, {}
+    """The summary, pooled, across_subjects, volume_psnr, histogram_w1 and per_subject parts of
+    the payload (the whole-volume parts only for volumes)."""
+    pooled, across = {}, {}
+    volume: dict[str, dict[str, Any]] = {name: {} for name in VOLUME_METRICS}
     per_subject: dict[str, dict[str, Any]] = {}
     for method, by_subject in scores.items():
         pooled[method] = {
             m: summary_of(v for s in by_subject.values() for v in s.values[m]) for m in METRIC_NAMES
         }
         subject_means: dict[str, list[float]] = {m: [] for m in METRIC_NAMES}
-        volumes = []
+        volumes: dict[str, list[float]] = {name: [] for name in VOLUME_METRICS}
         for subject, scored in by_subject.items():
             entry: dict[str, Any] = {m: summary_of(scored.values[m]) for m in METRIC_NAMES}
             for m in METRIC_NAMES:
                 subject_means[m].append(_nan(entry[m]["mean"]))
             if kind_volume:
-                value = psnr_value(scored.squared_error / scored.voxels) if scored.voxels else math.nan
-                entry[VOLUME_METRIC] = json_number(value)
-                volumes.append(value)
+                for name, value in scored.volume().items():
+                    entry[name] = json_number(value)
+                    volumes[name].append(value)
             slot = per_subject.setdefault(subject, {"n_slices": len(scored.values[METRIC_NAMES[0]])})
             slot[method] = entry
         across[method] = {m: summary_of(subject_means[m]) for m in METRIC_NAMES}
         if kind_volume:
-            volume[method] = summary_of(volumes)
+            for name in VOLUME_METRICS:
+                volume[name][method] = summary_of(volumes[name])
     summary = {
         method: {m: pooled[method][m]["mean"] for m in METRIC_NAMES}
-        | ({VOLUME_METRIC: volume[method]["mean"]} if kind_volume else {})
+        | ({name: volume[name][method]["mean"] for name in VOLUME_METRICS} if kind_volume else {})
         for method in scores
     }
     result: dict[str, Any] = {"summary": summary, "pooled": pooled, "across_subjects": across}
     if kind_volume:
-        result[VOLUME_METRIC] = volume
+        result.update(volume)
     result["per_subject"] = per_subject
     return result
 

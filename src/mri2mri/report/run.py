@@ -18,7 +18,7 @@ from typing import Any
 from mri2mri import text
 from mri2mri.errors import DataError
 from mri2mri.figures import plot_loss_curve, plot_validation_curves, t
-from mri2mri.metrics import HIGHER_IS_BETTER
+from mri2mri.metrics import HIGHER_IS_BETTER, VOLUME_METRICS
 from mri2mri.report import page
 from mri2mri.report.assets import VIEWER_SCRIPT
 from mri2mri.report.page import esc, heading, note, phrase
@@ -62,6 +62,17 @@ def _mean_of(value: Any) -> float | None:
     return float(value) if page.is_number(value) and math.isfinite(value) else None
 
 
+def _best(values: list[Any], metric: str, column: int = 1) -> set[tuple[int, int]]:
+    """The (row, ``column``) positions of the best of ``values`` (summaries or numbers) by the
+    metric's direction; none when it is unknown or fewer than two values are finite."""
+    direction = metric_direction(metric)
+    means = [(mean, row) for row, mean in enumerate(_mean_of(value) for value in values) if mean is not None]
+    if not direction or len(means) < 2:
+        return set()
+    best = max(mean * direction for mean, _ in means)
+    return {(row, column) for mean, row in means if mean * direction == best}
+
+
 def _pooled_table(pooled: dict[str, Any], lang: str) -> str:
     """Methods as rows (model and baselines side by side), metrics as columns; best in bold."""
     methods = [name for name, values in pooled.items() if isinstance(values, dict)]
@@ -71,12 +82,7 @@ def _pooled_table(pooled: dict[str, Any], lang: str) -> str:
     rows = [[name, *(pooled[name].get(metric) for metric in metrics)] for name in methods]
     bold: set[tuple[int, int]] = set()
     for column, metric in enumerate(metrics, start=1):
-        direction = metric_direction(metric)
-        means = [(_mean_of(row[column]), index) for index, row in enumerate(rows)]
-        means = [(mean, index) for mean, index in means if mean is not None]
-        if direction and len(means) > 1:
-            best = max(mean * direction for mean, _ in means)
-            bold.update((index, column) for mean, index in means if mean * direction == best)
+        bold |= _best([row[column] for row in rows], metric, column)
     table = page.table([phrase("method", lang), *metrics], rows, bold)
     return table + (note(phrase("best", lang)) if bold else "")
 
@@ -126,10 +132,12 @@ def _metrics_section(metrics: Any, lang: str, file_name: str) -> str:
     for key in ("pooled", "across_subjects"):
         if isinstance(metrics.get(key), dict) and metrics[key]:
             parts.append(f"<h3>{esc(phrase(key, lang))}</h3>{_pooled_table(metrics[key], lang)}")
-    volume = metrics.get("volume_psnr")
-    if isinstance(volume, dict) and volume:
-        parts.append(f"<h3>{esc(phrase('volume_psnr', lang))}</h3>"
-                     + page.table([phrase("method", lang), "PSNR"], list(volume.items())))
+    for name in VOLUME_METRICS:  # one value per subject; absent from PNG pairs and older runs
+        volume = metrics.get(name)
+        if isinstance(volume, dict) and volume:
+            parts.append(f"<h3>{esc(phrase(name, lang))}</h3>"
+                         + page.table([phrase("method", lang), text.METRIC_LABELS[lang][name]],
+                                      list(volume.items()), _best(list(volume.values()), name)))
     if metrics.get("per_subject"):
         parts.append(page.details(phrase("per_subject", lang),
                                   _per_subject_table(metrics["per_subject"], lang)))
@@ -137,7 +145,7 @@ def _metrics_section(metrics: Any, lang: str, file_name: str) -> str:
         if isinstance(metrics.get(key), dict) and metrics[key]:
             parts.append(page.details(phrase(key, lang), page.key_value_table(metrics[key], lang)))
     shown = {"caption", "beats_intensity_map", "warnings", "pooled", "across_subjects",
-             "volume_psnr", "per_subject", "protocol", "test_set"}
+             *VOLUME_METRICS, "per_subject", "protocol", "test_set"}
     others = {key: value for key, value in metrics.items() if key not in shown}
     if others:
         parts.append(page.details(phrase("other_metrics", lang, file=file_name), page.json_block(others)))
