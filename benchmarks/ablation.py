@@ -5,8 +5,11 @@ Every configuration trains for the same wall-clock budget (``train --time-budget
 then buys fewer steps) and is tested on held-out subjects, scored with the project's in-brain
 metrics beside the ``intensity-map`` and ``identity`` baselines on the same slices:
 
-* real data (``../shared/data/real-mri``, three patients): leave-one-patient-out, each patient
-  held out once while the others train; one row per fold and seed, and mean +- std over them;
+* real data (``../shared/data/real-mri``, 27 patients): cross-validation by site, with the folds
+  of ``benchmarks/folds_by_site.json`` (each fold's test patients come from a site none of its
+  training patients come from, but for the two CBICA folds, which split one site and are also
+  summarised apart); every baseline is fitted on the fold's training patients only; one row per
+  fold and seed, and mean +- std over them;
 * the built-in simulated data at the demo's budget (128 px, the demo's 30 epochs): its own
   subject-level split.
 
@@ -15,12 +18,17 @@ configurations over several seeds (``--seeds 0 1``) as well as folds. ``--steps 
 number of steps instead of a time budget: a screening mode whose ranking does not depend on how
 busy the machine is (fair only between configurations whose steps cost the same).
 
-Per-fold rows and the summary go to ``benchmarks/results/quality.json`` and ``quality.md``.
+Two scorings, both reported: the in-brain PSNR and SSIM on the documented unit scale, and after
+each image (prediction, table, real T2) is windowed by its own 0.5-99.5th brain percentiles, as a
+viewer does (``psnr_mask_window``, ``ssim_mask_window``); and ``histogram_w1``, the 1-Wasserstein
+distance between the real and the synthetic brain-intensity distributions, which a washed-out
+image cannot hide from. Per-fold rows and the summary go to ``benchmarks/results/quality.json``
+and ``quality.md``.
 
     make bench-quality                                         # 600 s per run, seeds 0 and 1
     python benchmarks/ablation.py --budget 150 --configs default plain --seeds 0
     python benchmarks/ablation.py --steps 600 --configs default plain --skip-builtin
-    python benchmarks/ablation.py --steps 800 --configs default t1-t1c --folds TCGA-DU-7294  # one fold
+    python benchmarks/ablation.py --steps 800 --configs default t1-t1c --folds original  # one fold
     python benchmarks/ablation.py --budget 5 --quick           # a smoke test of the script
     python benchmarks/ablation.py --skip-builtin --finished-only  # tables of a benchmark stopped early
 """
@@ -42,6 +50,7 @@ from _common import RESULTS
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = ROOT.parent / "shared" / "data" / "real-mri"
+FOLDS_FILE = Path(__file__).resolve().parent / "folds_by_site.json"
 
 # name -> `mri2mri train` arguments on top of the library's defaults. "default" is whatever
 # `train` does without options; the presets are the report's two experiments and pix2pix's.
@@ -100,7 +109,9 @@ CONFIGS["flair"] = ["--source", "FLAIR"]
 # The default before N4 bias correction of the source became part of the preparation.
 PREPARE["no-n4"] = ["--bias-correction", "none"]
 CONFIGS["no-n4"] = []
-METRICS = ("psnr_mask", "ssim_mask", "mae_mask", "volume_psnr")
+METRICS = ("psnr_mask", "ssim_mask", "mae_mask", "psnr_mask_window", "ssim_mask_window", "volume_psnr",
+           "histogram_w1")
+GAINS = ("psnr_mask", "ssim_mask", "psnr_mask_window", "ssim_mask_window")  # model minus table, per run
 BASELINES = ("intensity-map", "identity", "linear-regression")  # the last only for several sources
 
 
@@ -157,8 +168,9 @@ def fold_scores(run: Path) -> dict[str, dict[str, float]]:
     scores = {}
     for method in ("model", *(b for b in BASELINES if b in metrics["pooled"])):
         scores[method] = {m: metrics["pooled"][method][m]["mean"] for m in METRICS if m in metrics["pooled"][method]}
-        if method in metrics.get("volume_psnr", {}):
-            scores[method]["volume_psnr"] = metrics["volume_psnr"][method]["mean"]
+        for volume_metric in ("volume_psnr", "histogram_w1"):  # per subject, then averaged
+            if method in metrics.get(volume_metric, {}):
+                scores[method][volume_metric] = metrics[volume_metric][method]["mean"]
     scores["model"].update(steps=summary["steps"], images_per_s=summary["images_per_s"],
                            parameters_G=summary["parameters_G"], train_seconds=summary["train_seconds"])  # fmt: skip
     return scores
@@ -183,8 +195,8 @@ def summarise(rows: list[dict[str, object]]) -> list[dict[str, object]]:
                 entry[key] = mean_std(values)
         if not is_baseline(method):
             entry["wins_over_intensity_map"] = sum(1 for r in group if r["gain_psnr_mask"] > 0)
-            entry["gain_psnr_mask"] = mean_std([float(r["gain_psnr_mask"]) for r in group])
-            entry["gain_ssim_mask"] = mean_std([float(r["gain_ssim_mask"]) for r in group])
+            for metric in GAINS:
+                entry[f"gain_{metric}"] = mean_std([float(r[f"gain_{metric}"]) for r in group])
         summary.append(entry)
     return sorted(summary, key=lambda e: (is_baseline(e["method"]), -e["psnr_mask"]["mean"]))
 
@@ -199,29 +211,33 @@ def markdown(summary: list[dict[str, object]], rows: list[dict[str, object]], ti
     lines = [
         f"**{title}**",
         "",
-        "| method | runs | PSNR brain (dB) | SSIM brain | MAE brain | 3D PSNR brain (dB) | Δ PSNR vs table (dB) "
-        "| Δ SSIM vs table | beats table | steps | images/s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| method | runs | PSNR brain (dB) | SSIM brain | PSNR windowed (dB) | SSIM windowed | histogram W1 "
+        "| MAE brain | Δ PSNR vs table (dB) | Δ SSIM vs table | Δ PSNR windowed | Δ SSIM windowed | beats table "
+        "| steps |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for e in summary:
         baseline = is_baseline(e["method"])
-        steps = "" if baseline else f"{e['steps']['mean']:.0f}"
-        speed = "" if baseline else f"{e['images_per_s']['mean']:.1f}"
+        gains = ["" if baseline else cell(e, f"gain_{m}", 3 if "ssim" in m else 2) for m in GAINS]
         lines.append(
             f"| {e['method']}{' (baseline)' if baseline else ''} | {e['runs']} | {cell(e, 'psnr_mask', 2)} | "
-            f"{cell(e, 'ssim_mask', 3)} | {cell(e, 'mae_mask', 4)} | {cell(e, 'volume_psnr', 2)} | "
-            f"{'' if baseline else cell(e, 'gain_psnr_mask', 2)} | {'' if baseline else cell(e, 'gain_ssim_mask', 3)} | "
+            f"{cell(e, 'ssim_mask', 3)} | {cell(e, 'psnr_mask_window', 2)} | {cell(e, 'ssim_mask_window', 3)} | "
+            f"{cell(e, 'histogram_w1', 4)} | {cell(e, 'mae_mask', 4)} | {' | '.join(gains)} | "
             f"{'' if baseline else str(e['wins_over_intensity_map']) + '/' + str(e['runs'])} | "
-            f"{steps} | {speed} |"
+            f"{'' if baseline else format(e['steps']['mean'], '.0f')} |"
         )
-    lines += ["", "Per fold and seed (in-brain PSNR dB / SSIM; the table's on the same slices):", "",
-              "| fold | method | seed | PSNR brain | SSIM brain | intensity-map PSNR | intensity-map SSIM | steps |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines += ["", "Per fold and seed (in-brain PSNR dB / SSIM, unit scale and windowed; histogram W1; the "
+              "table's on the same slices):", "",
+              "| fold | method | seed | PSNR | SSIM | PSNR win. | SSIM win. | W1 | table PSNR | table SSIM "
+              "| table PSNR win. | table SSIM win. | table W1 | steps |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for r in rows:
         if is_baseline(r["method"]):
             continue
         lines.append(f"| {r['fold']} | {r['method']} | {r['seed']} | {r['psnr_mask']:.2f} | {r['ssim_mask']:.3f} | "
-                     f"{r['table_psnr_mask']:.2f} | {r['table_ssim_mask']:.3f} | {r['steps']} |")  # fmt: skip
+                     f"{r['psnr_mask_window']:.2f} | {r['ssim_mask_window']:.3f} | {r['histogram_w1']:.4f} | "
+                     f"{r['table_psnr_mask']:.2f} | {r['table_ssim_mask']:.3f} | {r['table_psnr_mask_window']:.2f} | "
+                     f"{r['table_ssim_mask_window']:.3f} | {r['table_histogram_w1']:.4f} | {r['steps']} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -239,11 +255,9 @@ def evaluate_dataset(folds: list[tuple[str, Path]], configs: list[str], seeds: l
                     continue
                 scores = fold_scores(run)
                 table = scores["intensity-map"]
-                rows.append({"fold": fold, "method": name, "seed": seed, "run": str(run),
-                             **scores["model"],
-                             "table_psnr_mask": table["psnr_mask"], "table_ssim_mask": table["ssim_mask"],
-                             "gain_psnr_mask": scores["model"]["psnr_mask"] - table["psnr_mask"],
-                             "gain_ssim_mask": scores["model"]["ssim_mask"] - table["ssim_mask"]})  # fmt: skip
+                rows.append({"fold": fold, "method": name, "seed": seed, "run": str(run), **scores["model"],
+                             **{f"table_{m}": table[m] for m in (*GAINS, "histogram_w1")},
+                             **{f"gain_{m}": scores["model"][m] - table[m] for m in GAINS}})  # fmt: skip
                 if fold not in baselines_done:  # the same test slices for every run of the fold
                     rows += [{"fold": fold, "method": baseline_label(name, b), "seed": None, **scores[b]}
                              for b in BASELINES if b in scores]
@@ -265,8 +279,14 @@ def _one_baseline_row_per_fold(rows: list[dict[str, object]]) -> list[dict[str, 
     return kept
 
 
+def site_folds(path: Path = FOLDS_FILE) -> dict[str, list[str]]:
+    """Fold name -> its test patients (benchmarks/folds_by_site.json)."""
+    return json.loads(path.read_text(encoding="utf-8"))["folds"]
+
+
 def real_folds(args: argparse.Namespace, log: list[str], prepare_args: list[str] = ()) -> list[tuple[str, Path]]:
-    """Leave-one-patient-out folds of the real patients, from one prepared cache."""
+    """The by-site folds of the real patients, each a split of one prepared cache: the fold's
+    patients are its test set, every other patient trains."""
     from mri2mri.data.cache import SliceCache, resplit
 
     variant = "-".join(a.lstrip("-") for a in prepare_args)
@@ -277,12 +297,15 @@ def real_folds(args: argparse.Namespace, log: list[str], prepare_args: list[str]
                 *prepare_args, "--quiet", log=log)  # fmt: skip
     subjects = [r.subject for r in SliceCache(full).subjects]
     folds = []
-    for held_out in subjects:
-        assignment = {s: ("test" if s == held_out else "train") for s in subjects}
-        target = root / f"fold-{held_out}"
-        if args.folds and held_out not in args.folds:
+    for fold, held_out in site_folds().items():
+        if args.folds and fold not in args.folds:
             continue
-        folds.append((held_out, target if (target / "cache.json").is_file() else resplit(full, assignment, target)))
+        missing = sorted(set(held_out) - set(subjects))
+        if missing:
+            raise SystemExit(f"{full}: fold {fold} needs {', '.join(missing)}, which the cache lacks")
+        assignment = {s: ("test" if s in held_out else "train") for s in subjects}
+        target = root / f"fold-{fold}"
+        folds.append((fold, target if (target / "cache.json").is_file() else resplit(full, assignment, target)))
     return folds
 
 
@@ -307,8 +330,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "quality")
     parser.add_argument("--configs", nargs="+", default=["default", "pix2pix"], choices=list(CONFIGS))
     parser.add_argument("--real", type=Path, default=REAL_DATA)
-    parser.add_argument("--folds", nargs="+", default=None, metavar="PATIENT",
-                        help="hold out only these patients (a quicker screen; the default holds out each)")
+    parser.add_argument("--folds", nargs="+", default=None, metavar="FOLD", choices=list(site_folds()),
+                        help="only these folds of benchmarks/folds_by_site.json (a quicker screen; the "
+                             "default runs every fold)")  # fmt: skip
     parser.add_argument("--skip-builtin", action="store_true")
     parser.add_argument("--skip-real", action="store_true")
     parser.add_argument("--finished-only", action="store_true",
@@ -340,10 +364,16 @@ def main() -> int:
             rows += evaluate_dataset(folds, [name], args.seeds, schedule, args, log)
         rows = _one_baseline_row_per_fold(rows)
         summary = summarise(rows)
-        tables.append(markdown(summary, rows, f"Real data: 3 patients, each held out once (leave-one-patient-out), "
-                                              f"{args.image_size} px, {budget_text} of training per run, seeds "
-                                              f"{', '.join(map(str, args.seeds))}; mean ± std over folds and seeds"))  # fmt: skip
+        setting = (f"{args.image_size} px, {budget_text} of training per run, seeds {', '.join(map(str, args.seeds))}; "
+                   "mean ± std over folds and seeds")
+        shared = set(json.loads(FOLDS_FILE.read_text(encoding="utf-8"))["shared_site"])
+        tables.append(markdown(summary, rows, f"Real data: 27 patients, folds by site ({FOLDS_FILE.name}), {setting}"))
         report["datasets"]["real"] = {"rows": rows, "summary": summary}
+        for label, keep in (("other sites only (folds without CBICA)", lambda f: f not in shared),
+                            ("the two CBICA folds (one site split in two)", lambda f: f in shared)):  # fmt: skip
+            part = [r for r in rows if keep(r["fold"])]
+            if part:
+                tables.append(markdown(summarise(part), part, f"Real data, {label}: {setting}"))
     if not args.skip_builtin:
         epochs = 2 if args.quick else DEMO_EPOCHS
         demo = ["--epochs", str(epochs)]

@@ -4,10 +4,10 @@
 ``w = --correction-weight`` (0.5 by default; training always adds the whole correction). The
 prediction is linear in ``w``, so one forward pass per run at ``w = 1`` and the table's image give
 the prediction at every weight exactly. This script re-scores the finished runs of an
-``ablation.py`` benchmark (leave-one-patient-out folds) at a grid of weights, on each run's
-held-out patient, with the project's in-brain metrics (the same per-slice PSNR, SSIM and MAE
-that ``mri2mri test`` averages), beside the ``intensity-map`` baseline as that run's ``test``
-scored it. Nothing is trained. Writes ``<out>/<tag>.json`` and ``.md`` (``--out``: ``benchmarks/results``).
+``ablation.py`` benchmark (its folds by site) at a grid of weights, on each fold's held-out
+patients, with the project's in-brain metrics (the per-slice PSNR, SSIM and MAE, on the unit
+scale and windowed, that ``mri2mri test`` pools, and the per-patient histogram W1 it averages),
+beside the ``intensity-map`` baseline as that run's ``test`` scored it. Nothing is trained. Writes ``<out>/<tag>.json`` and ``.md`` (``--out``: ``benchmarks/results``).
 
     python benchmarks/correction_weight.py --runs outputs/quality_n4/real --tag correction_weight_600s
     python benchmarks/correction_weight.py --runs outputs/n4/real --tag correction_weight_800steps
@@ -26,12 +26,13 @@ from _common import RESULTS
 from mri2mri.data.cache import SliceCache
 from mri2mri.data.dataset import to_model_range, to_unit_range
 from mri2mri.inference import load_generator
-from mri2mri.metrics import image_metrics
+from mri2mri.metrics import Window, histogram_distance, image_metrics
 from mri2mri.models.residual import TableResidual
 from mri2mri.runfolder import RunFolder, find_checkpoint, read_json_object
 
 WEIGHTS = (0.0, 0.25, 0.4, 0.5, 0.6, 0.75, 1.0)
-METRICS = ("psnr_mask", "ssim_mask", "mae_mask")
+METRICS = ("psnr_mask", "ssim_mask", "mae_mask", "psnr_mask_window", "ssim_mask_window")
+HISTOGRAM = "histogram_w1"
 
 
 def whole_and_table(G: TableResidual, source: torch.Tensor, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,21 +46,30 @@ def whole_and_table(G: TableResidual, source: torch.Tensor, batch_size: int = 16
     return torch.cat(whole), torch.cat(table)
 
 
-def score_run(run: Path, cache: SliceCache, held_out: str, weights: tuple[float, ...]) -> dict[str, dict[str, float]]:
-    """Mean per-slice in-brain metrics of ``run`` on ``held_out`` at each weight."""
+def score_run(run: Path, cache: SliceCache, weights: tuple[float, ...]) -> dict[str, dict[str, float]]:
+    """The in-brain metrics of ``run`` on its fold's test patients at each weight: per-slice
+    values pooled over every test slice, each patient windowed by its own percentiles, and the
+    histogram W1 averaged over the patients (as ``mri2mri test`` pools and averages them)."""
     G, _, _ = load_generator(find_checkpoint(run, "best"), correction_weight=1.0)  # refuses a plain generator
-    start, stop = next(r.rows for r in cache.subjects if r.subject == held_out)
-    source = torch.from_numpy(np.array(cache.source[start:stop], dtype=np.float32))
-    target = torch.from_numpy(np.array(cache.target[start:stop], dtype=np.float32)).double()
-    mask = torch.from_numpy(np.array(cache.mask[start:stop]) > 0)
-    whole, table = whole_and_table(G, source)
-    scores = {}
-    for weight in weights:
-        prediction = to_unit_range(table + weight * (whole - table)).clamp(0.0, 1.0)
-        values = image_metrics(prediction, target, mask)
-        scores[f"{weight:g}"] = {name: float(values[name].mean()) for name in METRICS}
+    per_slice: dict[float, dict[str, list[torch.Tensor]]] = {w: {m: [] for m in METRICS} for w in weights}
+    histogram: dict[float, list[float]] = {w: [] for w in weights}
+    for record in cache.subjects_in("test"):
+        start, stop = record.rows
+        source = torch.from_numpy(np.array(cache.source[start:stop], dtype=np.float32))
+        target = torch.from_numpy(np.array(cache.target[start:stop], dtype=np.float32)).double()
+        mask = torch.from_numpy(np.array(cache.mask[start:stop]) > 0)
+        whole, table = whole_and_table(G, source)
+        for weight in weights:
+            prediction = to_unit_range(table + weight * (whole - table)).clamp(0.0, 1.0)
+            windows = (Window.of(prediction, mask), Window.of(target, mask))
+            values = image_metrics(prediction, target, mask, windows)
+            for name in METRICS:
+                per_slice[weight][name].append(values[name])
+            histogram[weight].append(histogram_distance(prediction, target, mask))
+    scores = {f"{w:g}": {**{m: float(torch.cat(per_slice[w][m]).mean()) for m in METRICS},
+                         HISTOGRAM: float(np.mean(histogram[w]))} for w in weights}  # fmt: skip
     baseline = read_json_object(RunFolder(run).metrics)["summary"]["intensity-map"]
-    scores["intensity-map"] = {name: float(baseline[name]) for name in METRICS}
+    scores["intensity-map"] = {name: float(baseline[name]) for name in (*METRICS, HISTOGRAM)}
     return scores
 
 
@@ -88,6 +98,10 @@ def markdown(results: dict, weights: tuple[float, ...]) -> str:
         wins = int((gain > 0).sum())
         gains.append(f"{gain.mean():+.2f} ({wins}/{len(runs)})")
     lines.append("| Δ PSNR vs table (runs above it) | | " + " | ".join(gains) + " | |")
+    for metric, label, digits in (("psnr_mask_window", "PSNR windowed (dB)", 2), ("ssim_mask_window", "SSIM windowed", 3),
+                                  (HISTOGRAM, "histogram W1 (lower is better)", 4)):  # fmt: skip
+        cells = [f"{np.mean([s[k][metric] for _, _, s in runs]):.{digits}f}" for k in keys]
+        lines.append(f"| mean {label} | | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -103,12 +117,12 @@ def main() -> None:
     weights = tuple(args.weights)
     results = {"runs": str(args.runs), "config": args.config, "weights": list(weights), "folds": {}}
     for fold in sorted(args.runs.glob("fold-*")):
-        held_out = fold.name.removeprefix("fold-")
+        held_out = fold.name.removeprefix("fold-")  # a fold's name
         cache = SliceCache(fold)
         for run in sorted((args.runs / f"runs-{held_out}").glob(f"{args.config}-s*")):
             if not RunFolder(run).metrics.is_file():
                 continue  # not finished
-            scores = score_run(run, cache, held_out, weights)
+            scores = score_run(run, cache, weights)
             results["folds"].setdefault(held_out, {})[run.name] = scores
             best = max(weights, key=lambda w: scores[f"{w:g}"]["psnr_mask"])
             print(f"{held_out} {run.name}: w=1 {scores['1']['psnr_mask']:.2f} dB, "
