@@ -27,8 +27,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
-# Leave-one-patient-out quality on the real patients, 600 s per run, two seeds (about 2 h on 2
-# CPU cores; run it alone on the machine). QUALITY_ARGS="--budget 150 --seeds 0" to screen.
+# Quality on the 27 real patients, cross-validated by site (benchmarks/folds_by_site.json): 600 s
+# per run, two seeds, default and pix2pix (6 folds x 2 seeds x 600 s: about 2 h 10 min a
+# configuration on 2 CPU cores; run it alone on the machine). QUALITY_ARGS="--steps 3000
+# --image-size 128 --seeds 0" to screen at a fixed number of steps.
 bench-quality: $(STAMP)
 	$(BIN)/python benchmarks/ablation.py $(QUALITY_ARGS)
 

@@ -31,10 +31,15 @@ TITLES = {
 
 
 def find_run(runs: Path, config: str, held_out: str, seed: int) -> tuple[Path, Path]:
-    """The run folder of ``config`` on the fold that holds ``held_out`` out, and that fold's cache."""
-    for run in sorted(runs.glob(f"**/runs-{held_out}/{config}-s{seed}")):
-        fold = run.parent.parent / f"fold-{held_out}"
-        if (run / "checkpoints").is_dir() and (fold / "cache.json").is_file():
+    """The run folder of ``config`` on the fold that holds ``held_out`` out (a fold by site of
+    ``benchmarks/folds_by_site.json``, or an older one named after the patient), and that fold's cache."""
+    from mri2mri.data.cache import SliceCache
+
+    for fold in sorted(runs.glob("**/fold-*")):
+        if not (fold / "cache.json").is_file() or held_out not in SliceCache(fold).split["test"]:
+            continue
+        run = fold.parent / f"runs-{fold.name.removeprefix('fold-')}" / f"{config}-s{seed}"
+        if (run / "checkpoints").is_dir():
             return run, fold
     raise SystemExit(f"error: no finished run of {config!r} with {held_out} held out under {runs}")
 
