@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mri2mri import atomic
-from mri2mri.config import DEFAULT_RUN_NAME
 from mri2mri.errors import DataError, UserError
 
 if TYPE_CHECKING:  # numpy loads only where previews are read or written: the command line
     import numpy as np  # imports this module before it chooses the thread policy
 
+DEFAULT_RUN_NAME = "gan_t1_to_t2"  # the run name of the default contrasts (default_run_name)
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 # The columns of history.csv, one row per epoch; "lr" is G's learning rate at the epoch's last
@@ -43,6 +43,14 @@ HISTORY_COLUMNS = (
     "epoch", "loss_G", "loss_D", "loss_L1", "val_L1", "val_PSNR", "val_SSIM",
     "seconds", "images_per_s", "skipped_steps", "lr",
 )  # fmt: skip
+
+
+def default_run_name(sources: Iterable[str], target: str) -> str:
+    """The checkpoints' name for a run's contrasts when none is given: ``gan_t1_to_t2``,
+    ``gan_t1_t1c_flair_to_t2``; every output, error and model card that names the checkpoint
+    then says what the model reads."""
+    words = ["".join(filter(str.isalnum, name.lower())) for name in (*sources, target)]
+    return f"gan_{'_'.join(words[:-1])}_to_{words[-1]}"
 
 
 def check_safe_name(name: str, what: str = "run name") -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -80,9 +81,12 @@ def predict_volume_maps(
     ``uncertainty_passes`` test-time passes, or None when that is 0.
 
     ``others`` are the further inputs of a model of several sources, in its order: each is
-    resampled onto ``path``'s grid (rigidly registered to it first with ``register``)."""
+    resampled onto ``path``'s grid (rigidly registered to it first with ``register``); two
+    inputs with identical voxels (one image saved twice) are a DataError naming both."""
     volume = read_volume(path)
-    aligned = [(_onto_grid(read_volume(other), volume, register), str(other)) for other in others]
+    volumes = [read_volume(other) for other in others]
+    _refuse_identical(info, (path, *others), (volume, *volumes))
+    aligned = [(_onto_grid(read, volume, register), str(other)) for read, other in zip(volumes, others, strict=True)]
     prepared = portable.prepare_volume(volume, info.data, aligned)
     _check_channels(prepared, info, path)
     _warn_contrast(prepared, info, (path, *others))
@@ -92,6 +96,16 @@ def predict_volume_maps(
         spread = synthesise_uncertainty(run, prepared, batch_size, uncertainty_passes)
         uncertainty = _on_input_grid(spread, prepared, volume, path)
     return data, uncertainty, volume.original_affine
+
+
+def _refuse_identical(info: ModelInfo, paths: Sequence[Path], volumes: Sequence) -> None:
+    """DataError when two inputs of a model of several sources hold the same voxels: the
+    model would see one contrast in two channels and invent the other."""
+    for i, j in combinations(range(len(volumes)), 2):
+        a, b = volumes[i], volumes[j]
+        if a.data.shape == b.data.shape and np.array_equal(a.data, b.data):
+            raise DataError(f"{paths[i]} and {paths[j]}: the {info.sources[i]} and {info.sources[j]} "
+                            "inputs hold identical voxels; give each contrast its own image")  # fmt: skip
 
 
 def _onto_grid(moving, reference, register: bool) -> np.ndarray:
