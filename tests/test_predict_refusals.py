@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -16,13 +17,21 @@ import pytest
 import torch
 from test_data_io import write_dicom_series
 
+from mri2mri import portable
 from mri2mri.checkpoint import save_checkpoint
 from mri2mri.cli import main as cli_main
 from mri2mri.config import DataConfig, ModelConfig, RunConfig
 from mri2mri.data.images import write_image_16bit
+from mri2mri.data.io import read_volume
 from mri2mri.errors import DataError
 from mri2mri.models import build_generator
-from mri2mri.predict import load_model, plan_subject_jobs
+from mri2mri.predict import (
+    ContrastWarning,
+    ModelInfo,
+    load_model,
+    plan_subject_jobs,
+    predict_volume_maps,
+)
 from mri2mri.runfolder import RunFolder
 
 SOURCES = ("T1", "T1c", "FLAIR")
@@ -39,14 +48,19 @@ def _volume(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def _checkpoint(path: Path, sources: tuple[str, ...] = ("T1",)) -> Path:
-    """An untrained tiny generator for ``sources`` -> T2: enough to run a prediction."""
+def _config(sources: tuple[str, ...] = ("T1",)) -> RunConfig:
+    """A tiny generator of ``sources`` -> T2 at 32 px."""
     data = DataConfig(source=sources if len(sources) > 1 else sources[0], image_size=32, context_slices=0)
     model = ModelConfig(generator="unet", base_channels=4, norm="none", dropout=0.0, residual="none",
                         in_channels=data.in_channels)  # fmt: skip
-    config = RunConfig(data=data, model=model)
+    return RunConfig(data=data, model=model)
+
+
+def _checkpoint(path: Path, sources: tuple[str, ...] = ("T1",)) -> Path:
+    """An untrained tiny generator for ``sources`` -> T2: enough to run a prediction."""
+    config = _config(sources)
     torch.manual_seed(0)
-    save_checkpoint(path, {"G": build_generator(model).state_dict(), "config": config.to_dict(), "epoch": 1})
+    save_checkpoint(path, {"G": build_generator(config.model).state_dict(), "config": config.to_dict(), "epoch": 1})
     return path
 
 
@@ -222,3 +236,31 @@ def test_a_bids_derivative_named_like_a_file_is_refused(single, tmp_path, capsys
     (root / "dataset_description.json").write_text(json.dumps({"Name": "tiny", "BIDSVersion": "1.9.0"}))
     _volume(root / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
     _refused(["predict", str(single), str(root), str(tmp_path / "out.nii.gz")], capsys, tmp_path / "out.nii.gz")
+
+
+# ------------------------------------------------------------------------ a skull-on input
+
+
+def test_an_input_with_its_skull_is_told_to_strip_it_not_asked_its_contrast(tmp_path):
+    stripped = _volume(tmp_path / "stripped_t1.nii.gz")
+    brain = np.asarray(nib.load(stripped).dataobj)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in brain.shape], indexing="ij"))
+    radius = np.hypot(grid[0], grid[1])
+    head = np.where(radius < 0.8, brain, np.where(radius < 0.95, 2500.0, 0.0))  # a bright skull around it
+    head = head + np.random.default_rng(1).uniform(1, 30, head.shape)  # and scanner noise, nowhere zero
+    raw = tmp_path / "raw_t1.nii.gz"
+    nib.save(nib.Nifti1Image(head.astype(np.float32), np.eye(4)), raw)
+    config = _config()
+    prepared = portable.prepare_volume(read_volume(stripped), config.data)
+    reference = portable.source_reference([portable.intensity_histogram(prepared.slices, prepared.mask)], "T1")
+    info = ModelInfo(config=config, name="m.pth", kind="pytorch", source_reference=reference)
+
+    def warnings_of(path: Path) -> list[str]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            predict_volume_maps(lambda batch: batch[:, :1] * 0, info, path)
+        return [str(w.message) for w in caught if issubclass(w.category, ContrastWarning)]
+
+    assert warnings_of(stripped) == []
+    [message] = warnings_of(raw)
+    assert "raw_t1.nii.gz" in message and "not skull-stripped" in message and "really" not in message, message
