@@ -18,8 +18,8 @@ safetensors: the generator's ``state_dict`` (the EMA weights when the checkpoint
 the same metadata as strings, for sharing weights without pickles.
 
 Every export writes a model card beside each exported model, named after it (``g.onnx`` and
-``g.safetensors`` -> ``g_MODEL_CARD.md``), so that two models can share a folder. Files are written to a
-temporary name and renamed; existing files are refused unless ``overwrite``.
+``g.safetensors`` -> ``g_MODEL_CARD.md``), so that two models can share a folder. Files are
+written to a temporary name and renamed; existing files are refused unless ``overwrite``.
 """
 
 from __future__ import annotations
