@@ -123,6 +123,12 @@ class RunFolder:
     def best(self) -> Path:
         return self.checkpoints / f"{self.run_name}_best.pth"
 
+    def started_run(self) -> Path | None:
+        """The last checkpoint of a run already in the folder, of this name or another (a run from
+        before the default name followed the contrasts is ``gan_t1_to_t2`` whatever its sources)."""
+        found = sorted(self.checkpoints.glob("*_last.pth")) if self.checkpoints.is_dir() else []
+        return found[0] if found else None
+
     @property
     def figures(self) -> Path:
         return self.root / "figures"
