@@ -200,6 +200,9 @@ def test_uncertainty_options_that_would_do_nothing_are_refused(single, tmp_path,
     err = _refused(["predict", str(single), str(source), str(tmp_path / "y.nii.gz"), "--uncertainty-passes", "4"],
                    capsys, tmp_path / "y.nii.gz")  # fmt: skip
     assert "without --uncertainty" in err, err
+    code = cli_main(["test", str(single), "--uncertainty-passes", "4", "--device", "cpu"])  # `test` too
+    err = capsys.readouterr().err
+    assert code == 2 and "--uncertainty-passes 4 does nothing without --uncertainty" in err, err
 
 
 # ------------------------------------------------------------------- names of checkpoints and cards
