@@ -1,5 +1,6 @@
 """Planning a prediction before any work: every input paired with its output path and format,
-and every output refused that exists, cannot be written or would replace an input."""
+and every output refused that exists, cannot be written, would replace an input or would be
+read back as one; inputs that are plainly wrong (synthetic, one file for two contrasts) too."""
 
 from __future__ import annotations
 
@@ -236,7 +237,6 @@ def plan_subject_jobs(
     or a folder of subject folders (one output each, named ``<subject>_synth...``, in ``output``).
     Subject folders of a batch that lack a contrast (or whose inputs :func:`_choose_inputs`
     refuses) are reported, left out and added to ``problems``."""
-    choose = dict(allow_synthetic=allow_synthetic)
     if inputs is not None:
         if source is not None:
             raise ConfigError("give either INPUT or --input CONTRAST=FILE, not both")
@@ -244,11 +244,11 @@ def plan_subject_jobs(
             if not path.exists():
                 raise DataError(f"{path}: no such file or folder (--input {contrast})")
         subjects = [(None, _choose_inputs(info, {c: [p] for c, p in inputs.items()}, "--input",
-                                          ignore_target=False, **choose))]  # fmt: skip
+                                          ignore_target=False, allow_synthetic=allow_synthetic))]  # fmt: skip
     elif source is None or not source.is_dir():
         raise DataError(f"{source}: {what_model_needs(info)}; give a subject folder, or --input CONTRAST=FILE for each")
     elif _is_subject_folder(source):
-        subjects = [(source, _choose_inputs(info, subject_contrasts(source), source, **choose))]
+        subjects = [(source, _choose_inputs(info, subject_contrasts(source), source, allow_synthetic=allow_synthetic))]
     else:
         check_batch_folder(output, "subject")
         folders = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -258,7 +258,7 @@ def plan_subject_jobs(
             if not found:
                 continue
             try:
-                subjects.append((folder, _choose_inputs(info, found, folder, **choose)))
+                subjects.append((folder, _choose_inputs(info, found, folder, allow_synthetic=allow_synthetic)))
             except DataError as error:  # batch mode: reported and skipped, counted at the end
                 if problems is not None:
                     problems.append(str(error))
