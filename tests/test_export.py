@@ -84,7 +84,7 @@ def exported(tmp_path_factory) -> dict[str, Path]:
         run, onnx_path=root / "model" / "g.onnx", safetensors_path=root / "model" / "g.safetensors"
     )
     return {"run": run, "root": root, "written": written, "onnx": root / "model" / "g.onnx",
-            "safetensors": root / "model" / "g.safetensors", "card": root / "model" / "MODEL_CARD.md"}  # fmt: skip
+            "safetensors": root / "model" / "g.safetensors", "card": root / "model" / "g_MODEL_CARD.md"}  # fmt: skip
 
 
 def generator(run: Path) -> torch.nn.Module:
@@ -96,9 +96,9 @@ def generator(run: Path) -> torch.nn.Module:
 def test_export_writes_models_and_one_card(exported):
     assert exported["written"] == [exported["onnx"], exported["safetensors"], exported["card"]]
     assert sorted(p.name for p in exported["onnx"].parent.iterdir()) == [
-        "MODEL_CARD.md",
         "g.onnx",
         "g.safetensors",
+        "g_MODEL_CARD.md",
     ]
 
 
@@ -173,16 +173,23 @@ def test_model_card_describes_data_networks_metrics_and_limits(exported):
 def test_export_refuses_existing_files_and_bad_requests(exported, tmp_path):
     with pytest.raises(DataError, match=r"g\.onnx: exists; pass --overwrite"):
         export_model(exported["run"], onnx_path=exported["onnx"])
-    with pytest.raises(DataError, match=r"MODEL_CARD\.md: exists"):
-        export_model(
-            exported["run"], safetensors_path=exported["root"] / "model" / "other.safetensors"
-        )
     with pytest.raises(DataError, match=r"model\.bin: expected a \.onnx"):
         export_model(exported["run"], onnx_path=tmp_path / "model.bin")
     with pytest.raises(ConfigError, match="nothing to export"):
         export_model(exported["run"])
     assert cli_main(["export", str(exported["run"])]) == 2
     assert list(tmp_path.iterdir()) == []
+
+
+def test_two_models_share_a_folder_each_with_its_own_card(exported, tmp_path):
+    first = export_model(exported["run"], safetensors_path=tmp_path / "g.safetensors")
+    second = export_model(exported["run"], safetensors_path=tmp_path / "other.safetensors")
+    assert first[1] == tmp_path / "g_MODEL_CARD.md" and second[1] == tmp_path / "other_MODEL_CARD.md"
+    assert "`other.safetensors`" in second[1].read_text() and "`g.safetensors`" in first[1].read_text()
+    (tmp_path / "h_MODEL_CARD.md").write_text("a card of its own")  # one of the same name is kept
+    with pytest.raises(DataError, match=r"h_MODEL_CARD\.md: exists; pass --overwrite"):
+        export_model(exported["run"], safetensors_path=tmp_path / "h.safetensors")
+    assert not (tmp_path / "h.safetensors").exists()
 
 
 def test_predict_with_onnx_without_torch(exported, tmp_path):
@@ -279,7 +286,7 @@ def test_another_correction_weight_reaches_predict_and_the_onnx_graph(exported, 
     export_model(exported["run"], onnx_path=whole_onnx, correction_weight=1.0)
     meta = {p.key: p.value for p in onnx.load(str(whole_onnx)).metadata_props}
     assert json.loads(meta["mri2mri.config"])["model"]["correction_weight"] == 1.0
-    assert "table of its input, 1 of it at inference" in (whole_onnx.parent / "MODEL_CARD.md").read_text()
+    assert "table of its input, 1 of it at inference" in (whole_onnx.parent / "g_MODEL_CARD.md").read_text()
 
     options = dict(device="cpu", precision="fp32")
     predict_path(exported["run"], tmp_path / "in.nii.gz", tmp_path / "half.nii.gz", **options)

@@ -159,6 +159,13 @@ def test_run_records_the_sources_and_the_table_channel(run_dir):
     assert config.model.in_channels == 9 and config.model.table_channel == 1
 
 
+def test_checkpoints_and_outputs_are_named_after_the_sources(run_dir, subjects, tmp_path):
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*_best.pth")) == ["gan_t1_t1c_flair_to_t2_best.pth"]
+    out = tmp_path / "o.nii.gz"
+    assert cli_main(["predict", str(run_dir), str(subjects / "sub-00"), str(out)]) == 0
+    assert "gan_t1_t1c_flair_to_t2_best.pth" in nib.load(out).header["descrip"].tobytes().decode()
+
+
 def test_channel_order_follows_the_recorded_sources_whatever_order_the_inputs_come_in(run_dir, subjects, tmp_path):
     _, info = load_model(run_dir, device="cpu", precision="fp32")
     folder = subjects / "sub-00"

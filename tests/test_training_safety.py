@@ -111,3 +111,17 @@ def test_training_from_python_writes_the_split_when_it_starts(tmp_path):
     budget = tiny_config(epochs=1, time_budget=1e-9)  # stops after its first step
     train(budget, cache, tmp_path / "run", progress=False)
     assert (tmp_path / "run" / "split.json").read_bytes() == (cache / "split.json").read_bytes()
+
+
+def test_a_fresh_run_is_refused_over_a_run_of_another_name(tmp_path):
+    """A run started before checkpoints were named after the contrasts is gan_t1_to_t2 whatever
+    its sources: a fresh run under the new name must not write its config over that run's."""
+    cache = write_tiny_cache(tmp_path / "cache")
+    run = tmp_path / "run"
+    older = run / "checkpoints" / "gan_t1_to_t2_last.pth"
+    older.parent.mkdir(parents=True)
+    older.write_bytes(b"an older run's checkpoint")
+    (run / "config.json").write_text("{}")
+    with pytest.raises(UserError, match=r"gan_t1_to_t2_last\.pth exists: pass --resume"):
+        train(tiny_config(run_name="gan_t1_to_flair"), cache, run, progress=False)
+    assert (run / "config.json").read_text() == "{}" and older.read_bytes() == b"an older run's checkpoint"

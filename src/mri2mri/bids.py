@@ -30,6 +30,7 @@ from typing import Any
 from mri2mri import __version__, atomic, console
 from mri2mri.data.formats import NIFTI_SUFFIXES
 from mri2mri.errors import DataError
+from mri2mri.options import check_uncertainty
 
 BIDS_VERSION = "1.9.0"
 DESCRIPTION = "dataset_description.json"
@@ -105,13 +106,19 @@ def output_name(entities: dict[str, str], target: str) -> str:
     return "_".join(parts)
 
 
-def find_inputs(root: Path, source: str, target: str, out: Path) -> list[BidsInput]:
-    """Every image of the ``source`` contrast under ``root``'s ``sub-*/[ses-*/]anat`` folders."""
+def find_inputs(root: Path, source: str, target: str, out: Path, problems: list[str] | None = None) -> list[BidsInput]:
+    """Every image of the ``source`` contrast under ``root``'s ``sub-*/[ses-*/]anat`` folders.
+
+    An image that ends like one of the source contrast but whose name is not valid BIDS (a
+    label with ``_``, a space...) is left out, and named with the reason in ``problems``."""
     suffix, ce = suffix_of(source)
     found = []
     for path in sorted(root.glob("sub-*/anat/*.nii*")) + sorted(root.glob("sub-*/ses-*/anat/*.nii*")):
         parsed = parse_name(path.name)
         if parsed is None:
+            if problems is not None and _looks_like(path.name, suffix, ce):
+                problems.append(f"{path}: not a valid BIDS name (entity labels are letters and digits "
+                                "only); rename it to be synthesised")  # fmt: skip
             continue
         entities, file_suffix, _ = parsed
         if file_suffix != suffix or entities.get("ce") != ce or "desc" in entities:
@@ -121,6 +128,12 @@ def find_inputs(root: Path, source: str, target: str, out: Path) -> list[BidsInp
         stem = output_name(entities, target)
         found.append(BidsInput(path, relative, entities, folder / f"{stem}.nii.gz", folder / f"{stem}.json"))
     return found
+
+
+def _looks_like(name: str, suffix: str, ce: str | None) -> bool:
+    """Whether a file name that is not valid BIDS still reads as an image of ``suffix`` (and ``ce``)."""
+    stem = name.split(".", 1)[0]
+    return stem.endswith(f"_{suffix}") and (f"_ce-{ce}_" in stem if ce else "_ce-" not in stem)
 
 
 def dataset_description(root: Path, target: str) -> dict[str, Any]:
@@ -187,8 +200,9 @@ def predict_bids(
     overwrite: bool = False,
     precision: str = "fp32",
     uncertainty: bool = False,
-    uncertainty_passes: int = 8,
+    uncertainty_passes: int | None = None,
     correction_weight: float | None = None,
+    allow_synthetic_input: bool = False,
 ) -> list[Path]:
     """Synthesise the target contrast of every source image of the BIDS dataset ``root`` into
     the derivative dataset ``out``; returns the files written (images, sidecars, description).
@@ -198,6 +212,7 @@ def predict_bids(
     """
     from mri2mri.predict import (
         Job,
+        check_batch_folder,
         check_output,
         file_sha256,
         load_model,
@@ -211,24 +226,23 @@ def predict_bids(
     inside = out.resolve() == root.resolve() or root.resolve() in out.resolve().parents
     if inside and "derivatives" not in out.resolve().relative_to(root.resolve()).parts:
         raise DataError(f"{out}: a derivative goes into its own folder (e.g. {root}/derivatives/mri2mri)")
-    if uncertainty:
-        from mri2mri.errors import ConfigError
-        from mri2mri.uncertainty import check_passes
-
-        try:
-            check_passes(uncertainty_passes)
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
+    check_batch_folder(out, "image")
+    passes = check_uncertainty(uncertainty, uncertainty_passes)
     weights = model_file(Path(checkpoint))
     run, info = load_model(checkpoint, device=device, precision=precision, correction_weight=correction_weight)
     if len(info.sources) > 1:
         raise DataError(f"{checkpoint}: a model of several sources ({info.source_name}) does not take a BIDS "
                         "dataset yet; give each subject folder, or --input CONTRAST=FILE for each")  # fmt: skip
-    items = find_inputs(root, info.data.source, info.data.target, out)
+    skipped: list[str] = []  # images left out before any work, each named with its reason
+    items = [item for item in find_inputs(root, info.data.source, info.data.target, out, skipped)
+             if allow_synthetic_input or _acquired(item.path, skipped)]  # fmt: skip
+    for problem in skipped:
+        console.skipped(problem)
     if not items:
         suffix, ce = suffix_of(info.data.source)
         what = f"*_{suffix}.nii[.gz]" + (f" with ce-{ce}" if ce else "")
-        raise DataError(f"{root}: no sub-*/[ses-*/]anat/{what} image of the model's source contrast")
+        first = f" (first left out: {skipped[0]})" if skipped else ""
+        raise DataError(f"{root}: no sub-*/[ses-*/]anat/{what} image of the model's source contrast{first}")
     jobs = [Job(i.path, i.output, "volume", "nifti", uncertainty_path(i.output) if uncertainty else None)
             for i in items]  # fmt: skip
     for job, item in zip(jobs, items, strict=True):
@@ -237,10 +251,10 @@ def predict_bids(
             raise DataError(f"{item.sidecar}: exists; pass --overwrite to replace it")
     written = [write_description(out, root, info.data.target, overwrite)]
     digest = file_sha256(weights)
-    failures = []
+    failures = list(skipped)
     for job, item in zip(jobs, items, strict=True):
         try:
-            files = predict_job(run, info, job, batch_size, uncertainty_passes, overwrite)
+            files = predict_job(run, info, job, batch_size, passes, overwrite)
         except DataError as error:
             failures.append(str(error))
             console.skipped(error)
@@ -249,8 +263,20 @@ def predict_bids(
         atomic.write_text(item.sidecar, json.dumps(sidecar(item, info, digest, spread), indent=2) + "\n")
         written += [*files, item.sidecar]
     if failures:
-        raise DataError(f"{root}: {len(failures)} of {len(jobs)} inputs failed (first: {failures[0]})")
+        raise DataError(f"{root}: {len(failures)} of {len(jobs) + len(skipped)} inputs failed (first: {failures[0]})")
     return written
+
+
+def _acquired(path: Path, problems: list[str]) -> bool:
+    """Whether ``path`` is not marked synthetic; a synthetic one is added to ``problems``."""
+    from mri2mri.predict.jobs import refuse_synthetic
+
+    try:
+        refuse_synthetic(path)
+    except DataError as error:
+        problems.append(str(error))
+        return False
+    return True
 
 
 def write_description(out: Path, root: Path, target: str, overwrite: bool) -> Path:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from mri2mri import __version__, console
 from mri2mri.config import (
-    DEFAULT_RUN_NAME,
     LANGUAGES,
     PRESETS,
     DataConfig,
@@ -31,10 +30,17 @@ from mri2mri.options import (
     PREDICT_PRECISION_HELP,
     add_config_options,
     check_run,
+    check_uncertainty,
     config_from_args,
     part_from_args,
 )
-from mri2mri.runfolder import RunFolder, RunLock, check_run_folder_location, write_split
+from mri2mri.runfolder import (
+    DEFAULT_RUN_NAME,
+    RunFolder,
+    RunLock,
+    check_run_folder_location,
+    write_split,
+)
 from mri2mri.threads import apply_thread_policy
 
 # --------------------------------------------------------------------------------------------
@@ -178,7 +184,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     metrics = evaluate_run(args.run, args.data, cache_dir=args.cache, out_dir=args.out,
                            lang=args.lang, device=args.device, batch_size=args.batch_size,
                            progress=not args.quiet,
-                           uncertainty_passes=args.uncertainty_passes if args.uncertainty else 0,
+                           uncertainty_passes=check_uncertainty(args.uncertainty, args.uncertainty_passes),
                            trained_on=args.trained_on, correction_weight=args.correction_weight)  # fmt: skip
     console.say(json.dumps(metrics.get("summary", {}), indent=2))
     return 0
@@ -190,7 +196,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     options = dict(device=args.device, batch_size=args.batch_size, overwrite=args.overwrite,
                    precision=args.precision, uncertainty=args.uncertainty,
-                   uncertainty_passes=args.uncertainty_passes, correction_weight=args.correction_weight)  # fmt: skip
+                   uncertainty_passes=args.uncertainty_passes, correction_weight=args.correction_weight,
+                   allow_synthetic_input=args.allow_synthetic_input)  # fmt: skip
     if args.contrast_inputs:  # --input CONTRAST=FILE ...: the one positional is OUTPUT
         from mri2mri.predict import parse_inputs
 
@@ -329,7 +336,7 @@ def _add_train(sub) -> None:
 
 def _add_uncertainty(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--uncertainty", action="store_true", help=what)
-    parser.add_argument("--uncertainty-passes", type=int, default=8, metavar="K",
+    parser.add_argument("--uncertainty-passes", type=int, default=None, metavar="K",
                         help="number of test-time passes for --uncertainty (default 8)")  # fmt: skip
 
 
@@ -374,6 +381,9 @@ def _add_predict(sub) -> None:
     pr.add_argument("--precision", default=PREDICT_PRECISION, help=PREDICT_PRECISION_HELP)
     pr.add_argument("--batch-size", type=int, default=16)
     pr.add_argument("--overwrite", action="store_true")
+    pr.add_argument("--allow-synthetic-input", action="store_true",
+                    help="take inputs marked synthetic (an output of mri2mri, DICOM Synthetic Data YES); "
+                         "refused by default, and left out of a batch with a note")  # fmt: skip
     pr.add_argument("--output-format", default="auto", choices=("auto", "nifti", "dicom"), help=OUTPUT_FORMAT_HELP)
     pr.add_argument("--bids", action="store_true",
                     help="INPUT is a BIDS dataset (automatic when it holds dataset_description.json): "

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from mri2mri.errors import ConfigError
+from mri2mri.names import default_run_name
 
-DEFAULT_RUN_NAME = "gan_t1_to_t2"
 # Upper bounds of options whose larger values can only be mistakes (and would exhaust memory or
 # time before failing): slices are at most this many pixels a side, with at most this many
 # context slices a side; the PatchGAN halves the image this many times at most.
@@ -251,7 +251,7 @@ class ModelConfig:
 class TrainConfig:
     """The optimisation: losses, optimiser, schedule, device and bookkeeping."""
 
-    run_name: str = field(default=DEFAULT_RUN_NAME, metadata=option("name of the checkpoints (<run>_best.pth)"))
+    run_name: str | None = field(default=None, metadata=option("name of the checkpoints (<run>_best.pth); default gan_<sources>_to_<target>"))
     epochs: int = field(default=10, metadata=option("passes over the training slices"))
     # Small batches, many updates: what won the equal-budget ablation.
     batch_size: int = field(default=2, metadata=option("slices per step"))
@@ -345,7 +345,8 @@ class RunConfig:
     # before it was recorded ran with these defaults.
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # run_name None: named after the contrasts, gan_t1_t1c_flair_to_t2
+        object.__setattr__(self, "train", dataclasses.replace(self.train, run_name=self.train.run_name or default_run_name(self.data.sources, self.data.target)))  # fmt: skip
         self.validate()
 
     def validate(self) -> None:

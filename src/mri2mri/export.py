@@ -17,8 +17,9 @@ onnxruntime and without PyTorch:
 safetensors: the generator's ``state_dict`` (the EMA weights when the checkpoint has them) and
 the same metadata as strings, for sharing weights without pickles.
 
-Every export writes ``MODEL_CARD.md`` beside each exported file. Files are written to a
-temporary name and renamed; existing files are refused unless ``overwrite``.
+Every export writes a model card beside each exported model, named after it (``g.onnx`` and
+``g.safetensors`` -> ``g_MODEL_CARD.md``), so that two models can share a folder. Files are
+written to a temporary name and renamed; existing files are refused unless ``overwrite``.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def export_model(
     for path, suffix in targets:
         if path.suffix.lower() != suffix:
             raise DataError(f"{path}: expected a {suffix} file name")
-    cards = sorted({modelcard.card_path(path.parent) for path, _ in targets})
+    cards = sorted({modelcard.card_path(path) for path, _ in targets})
     for path in [p for p, _ in targets] + cards:
         if path.exists() and not overwrite:
             raise DataError(f"{path}: exists; pass --overwrite to replace it")
@@ -102,7 +103,7 @@ def export_model(
     for card in cards:
         text = modelcard.model_card_text(
             config, checkpoint=source, run_dir=run_dir, parameters=parameters,
-            files=[p for p in written if p.parent == card.parent], source_reference=reference,
+            files=[p for p in written if modelcard.card_path(p) == card], source_reference=reference,
             exporter=EXPORTER if onnx_path else "",
         )  # fmt: skip
         written.append(atomic.write_text(card, text))

@@ -1,6 +1,8 @@
-"""MODEL_CARD.md: what an exported model was trained on, how well it did, and what it must not do.
+"""The model card: what an exported model was trained on, how well it did, and what it must not do.
 
-The card is written beside every exported model (``mri2mri export``). It reads what the run
+The card is written beside every exported model (``mri2mri export``), named after it
+(``g.onnx`` -> ``g_MODEL_CARD.md``, one card for ``g.onnx`` and ``g.safetensors`` side by
+side), so that several models can share a folder. It reads what the run
 folder holds (:class:`~mri2mri.runfolder.RunFolder`), defensively: the subject split (the run's
 or its cache's), the run summary and the test metrics (schema in :mod:`mri2mri.evaluation`) may
 each be missing, unreadable or older than this code; a missing part is said to be missing,
@@ -19,7 +21,7 @@ from mri2mri.errors import DataError
 from mri2mri.metrics import CARD_METRICS
 from mri2mri.runfolder import RunFolder, read_json_object
 
-CARD_NAME = "MODEL_CARD.md"
+CARD_SUFFIX = "_MODEL_CARD.md"
 METRIC_COLUMNS = CARD_METRICS
 SPLITS = ("train", "val", "test")
 
@@ -219,5 +221,7 @@ def model_card_text(
     return "\n".join(lines)
 
 
-def card_path(folder: Path) -> Path:
-    return Path(folder) / CARD_NAME
+def card_path(model: Path) -> Path:
+    """The card of an exported model file: ``dir/g.onnx`` -> ``dir/g_MODEL_CARD.md``."""
+    model = Path(model)
+    return model.with_name(model.name.removesuffix(model.suffix) + CARD_SUFFIX)

@@ -138,3 +138,20 @@ def check_run(config: RunConfig) -> None:
     if config.train.gan_loss == "wgan-gp" and config.model.norm == "batch":
         # The gradient penalty assumes each sample's critic value depends on that sample alone.
         raise ConfigError("--gan-loss wgan-gp needs --norm instance or none (batch norm mixes samples)")
+
+
+def check_uncertainty(uncertainty: bool, passes: int | None) -> int:
+    """The test-time passes ``--uncertainty`` runs (0 without it): ``passes``, or the default
+    when not given. ConfigError for a number out of range, or for ``--uncertainty-passes``
+    without ``--uncertainty``, which would do nothing and say nothing."""
+    from mri2mri.uncertainty import DEFAULT_PASSES, check_passes
+
+    if not uncertainty:
+        if passes is not None:
+            raise ConfigError(f"--uncertainty-passes {passes} does nothing without --uncertainty; "
+                              "add --uncertainty or leave it out")  # fmt: skip
+        return 0
+    try:
+        return check_passes(DEFAULT_PASSES if passes is None else passes)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mri2mri import atomic
-from mri2mri.config import DEFAULT_RUN_NAME
 from mri2mri.errors import DataError, UserError
+from mri2mri.names import DEFAULT_RUN_NAME
 
 # The run's copy of its cache's subject split (the cache's own is data.cache.SPLIT_FILE).
 RUN_SPLIT_FILE = "split.json"
@@ -117,6 +117,12 @@ class RunFolder:
     @property
     def best(self) -> Path:
         return self.checkpoints / f"{self.run_name}_best.pth"
+
+    def started_run(self) -> Path | None:
+        """The last checkpoint of a run already in the folder, of this name or another (a run from
+        before the default name followed the contrasts is ``gan_t1_to_t2`` whatever its sources)."""
+        found = sorted(self.checkpoints.glob("*_last.pth")) if self.checkpoints.is_dir() else []
+        return found[0] if found else None
 
     @property
     def figures(self) -> Path:

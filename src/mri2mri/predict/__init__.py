@@ -46,10 +46,11 @@ from pathlib import Path
 from mri2mri import console
 from mri2mri.config import check_int
 from mri2mri.errors import ConfigError, DataError
-from mri2mri.options import PREDICT_PRECISION
+from mri2mri.options import PREDICT_PRECISION, check_uncertainty
 from mri2mri.predict.jobs import (
     OUTPUT_FORMATS,
     Job,
+    check_batch_folder,
     check_output,
     input_kind,
     output_name,
@@ -88,7 +89,7 @@ from mri2mri.predict.synthesis import (
 
 __all__ = [
     "INTENSITY_SCALE", "META_CHECKPOINT", "META_CONFIG", "META_PREFIX", "META_REFERENCE",
-    "OUTPUT_FORMATS", "ContrastWarning", "Job", "ModelInfo", "Runner", "check_output",
+    "OUTPUT_FORMATS", "ContrastWarning", "Job", "ModelInfo", "Runner", "check_batch_folder", "check_output",
     "file_sha256", "input_kind", "load_model", "load_onnx_model", "load_torch_model",
     "output_name", "parse_inputs", "plan_jobs", "plan_subject_jobs", "predict_image",
     "predict_job", "predict_path", "predict_volume", "predict_volume_maps", "synthesise",
@@ -108,10 +109,11 @@ def predict_path(
     precision: str = PREDICT_PRECISION,
     output_format: str = "auto",
     uncertainty: bool = False,
-    uncertainty_passes: int = 8,
+    uncertainty_passes: int | None = None,
     inputs: dict[str, Path] | None = None,
     register: bool = False,
     correction_weight: float | None = None,
+    allow_synthetic_input: bool = False,
 ) -> list[Path]:
     """Synthesise every input and return the files written (see the module docstring).
 
@@ -126,7 +128,11 @@ def predict_path(
     ``output`` is named ``.nii``/``.nii.gz``) and NIfTI for a NIfTI input; "dicom" writes a
     series for every volume (see :mod:`mri2mri.data.dicom_out`). With ``uncertainty`` every
     volume also gets ``<output>_uncertainty.nii.gz``: the voxelwise standard deviation over
-    ``uncertainty_passes`` test-time passes (:mod:`mri2mri.uncertainty`).
+    ``uncertainty_passes`` test-time passes (default 8; :mod:`mri2mri.uncertainty`); passes
+    without ``uncertainty``, and ``uncertainty`` for a 2D image, are a ConfigError.
+
+    An input marked synthetic is refused (left out of a batch, with a note) unless
+    ``allow_synthetic_input``; so are two contrasts that are one file or hold identical voxels.
 
     ``correction_weight`` runs a residual checkpoint with that share of its learned correction
     (:func:`load_model`); every output's provenance records the weight used.
@@ -140,14 +146,9 @@ def predict_path(
     check_int("--batch-size", batch_size, 1)
     if output_format not in OUTPUT_FORMATS:
         raise ConfigError(f"unknown --output-format {output_format!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
-    if uncertainty:
-        from mri2mri.uncertainty import check_passes
-
-        try:
-            check_passes(uncertainty_passes)
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
-    plan = dict(overwrite=overwrite, output_format=output_format, uncertainty=uncertainty)
+    passes = check_uncertainty(uncertainty, uncertainty_passes)
+    plan = dict(overwrite=overwrite, output_format=output_format, uncertainty=uncertainty,
+                allow_synthetic=allow_synthetic_input)  # fmt: skip
     skipped: list[str] = []  # subjects of a batch left out before any work
     if inputs is None and not Path(source).is_dir():
         jobs = plan_jobs(Path(source), Path(output), **plan)
@@ -165,7 +166,7 @@ def predict_path(
     failures: list[str] = list(skipped)
     for job in jobs:
         try:
-            written.extend(predict_job(run, info, job, batch_size, uncertainty_passes, overwrite, register))
+            written.extend(predict_job(run, info, job, batch_size, passes, overwrite, register))
         except DataError as error:
             if len(jobs) == 1 and not skipped:
                 raise

@@ -1,11 +1,14 @@
 """Planning a prediction before any work: every input paired with its output path and format,
-and every output refused that exists, cannot be written or would replace an input."""
+and every output refused that exists, cannot be written, would replace an input or would be
+read back as one; inputs that are plainly wrong (synthetic, one file for two contrasts) too."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import combinations
 from pathlib import Path
 
 from mri2mri import console
@@ -15,6 +18,7 @@ from mri2mri.data.formats import file_format, is_image_2d, is_nifti, is_volume_f
 from mri2mri.data.io import check_writable_folder, check_writable_output
 from mri2mri.errors import ConfigError, DataError
 from mri2mri.predict.model import ModelInfo
+from mri2mri.predict.provenance import synthetic_marker
 
 
 @dataclass(frozen=True)
@@ -55,9 +59,13 @@ def input_kind(path: Path) -> str | None:
 
 
 def plan_jobs(
-    source: Path, output: Path, *, overwrite: bool, output_format: str = "auto", uncertainty: bool = False
+    source: Path, output: Path, *, overwrite: bool, output_format: str = "auto", uncertainty: bool = False,
+    allow_synthetic: bool = False,
 ) -> list[Job]:
-    """Pair every input with its output path and refuse existing outputs, before any work."""
+    """Pair every input with its output path and refuse existing outputs, before any work.
+
+    A synthetic input (:func:`~mri2mri.predict.provenance.synthetic_marker`) is refused, or in
+    batch mode left out with a note, unless ``allow_synthetic``."""
     kind = input_kind(source)
     if kind is None:
         what = (
@@ -67,20 +75,26 @@ def plan_jobs(
         )
         raise DataError(f"{source}: {what}")
     if kind == "batch":
+        check_batch_folder(output, "input")
         # input_kind lists a DICOM folder's files: once per entry.
         kinds = {p: input_kind(p) for p in source.iterdir() if not p.name.startswith(".")}
         items = sorted(p for p, item_kind in kinds.items() if item_kind in ("volume", "image"))
-        if output.exists() and not output.is_dir():
-            raise DataError(
-                f"{output}: exists and is not a folder; batch mode writes one file per input into a folder"
-            )
+        items = [p for p in items if allow_synthetic or not _skipped_as_synthetic(p)]
         jobs = [_job(p, output / output_name(p, kinds[p], _format(p, kinds[p], None, output_format)),
                      kinds[p], _format(p, kinds[p], None, output_format), uncertainty)
                 for p in items]  # fmt: skip
         if not jobs:
             raise DataError(f"{source}: no NIfTI, DICOM, PNG or TIFF input found")
         _check_batch_outputs(jobs)
+        _refuse_input_folder(source, output)
+        images = sum(job.kind == "image" for job in jobs)
+        if uncertainty and images:
+            console.note(f"note: --uncertainty maps volumes only; the {images} 2D image(s) in {source} get none")
     else:
+        if uncertainty and kind == "image":
+            raise ConfigError(f"{source}: --uncertainty maps volumes (NIfTI, DICOM) only, not a 2D image")
+        if not allow_synthetic:
+            refuse_synthetic(source)
         chosen = _format(source, kind, output, output_format)
         # A DICOM series is itself a folder: OUTPUT is the series when it is empty or one.
         is_folder = output.is_dir() and not (chosen == "dicom" and holds_only_written_series(output))
@@ -89,6 +103,41 @@ def plan_jobs(
     for job in jobs:
         check_output(job, overwrite)
     return jobs
+
+
+def check_batch_folder(output: Path, what: str) -> None:
+    """Refuse, before any work, a batch output that cannot be the folder it writes into: a
+    file, or a name like a file's (it would become a folder of that name)."""
+    if output.exists() and not output.is_dir():
+        raise DataError(f"{output}: exists and is not a folder; batch mode writes one file per {what} into a folder")
+    if not output.is_dir() and (is_nifti(output) or is_image_2d(output)):
+        raise DataError(f"{output}: batch mode writes one file per {what} into a folder; give a folder "
+                        "name, not a file name")  # fmt: skip
+
+
+def _refuse_input_folder(source: Path, output: Path) -> None:
+    """A batch's outputs written among its inputs would be read back as inputs the next time."""
+    if output.resolve() == source.resolve():
+        raise DataError(f"{output}: is the input folder; outputs written there would be read as inputs "
+                        "next time; choose another output folder")  # fmt: skip
+
+
+def refuse_synthetic(path: Path, contrast: str | None = None) -> None:
+    """DataError when ``path`` is marked synthetic: a synthetic image of a synthetic image
+    compounds the model's errors and passes the contrast check unnoticed."""
+    marker = synthetic_marker(path)
+    if marker:
+        what = f"the {contrast} input" if contrast else "the input"
+        raise DataError(f"{path}: {what} is synthetic ({marker}); predict from an acquired image, "
+                        "or pass --allow-synthetic-input")  # fmt: skip
+
+
+def _skipped_as_synthetic(path: Path) -> bool:
+    """Whether a batch leaves ``path`` out as synthetic (most likely an earlier output), saying so."""
+    marker = synthetic_marker(path)
+    if marker:
+        console.note(f"note: {path}: skipped, it is synthetic ({marker}); --allow-synthetic-input uses it")
+    return marker is not None
 
 
 def parse_inputs(items: Sequence[str]) -> dict[str, Path]:
@@ -113,11 +162,14 @@ def what_model_needs(info: ModelInfo) -> str:
 
 
 def _choose_inputs(
-    info: ModelInfo, found: dict[str, list[Path]], where: Path | str, *, ignore_target: bool = True
+    info: ModelInfo, found: dict[str, list[Path]], where: Path | str, *, ignore_target: bool = True,
+    allow_synthetic: bool = False,
 ) -> tuple[Path, ...]:
     """The model's inputs in its own channel order, whatever order they were given in; one
     DataError naming what the model needs when a contrast is missing, extra or ambiguous (a
-    subject folder may also hold the target contrast, ``ignore_target``)."""
+    subject folder may also hold the target contrast, ``ignore_target``), when two contrasts
+    are one file, or when an input is synthetic (unless ``allow_synthetic``)."""
+    found = {contrast: _distinct(paths) for contrast, paths in found.items()}  # a link back is one file
     target = canonical_contrast(info.data.target)
     missing = [c for c in info.sources if not found.get(c)]
     extra = sorted(c for c in found if c not in info.sources and not (ignore_target and c == target))
@@ -125,13 +177,45 @@ def _choose_inputs(
     if missing or extra or several:
         problems = ([f"missing {', '.join(missing)}"] if missing else []) + (
             [f"extra {', '.join(extra)}"] if extra else []) + (
-            [f"several {c} inputs ({', '.join(p.name for p in found[c])})" for c in several])  # fmt: skip
+            [f"several {c} inputs ({', '.join(_shown(p, where) for p in found[c])})" for c in several])  # fmt: skip
         raise DataError(f"{where}: {what_model_needs(info)} ({'; '.join(problems)})")
     for contrast in info.sources:
         path = found[contrast][0]
         if input_kind(path) != "volume":
             raise DataError(f"{path}: the {contrast} input is not a NIfTI file or DICOM series folder")
-    return tuple(found[c][0] for c in info.sources)
+    chosen = tuple(found[c][0] for c in info.sources)
+    for (first, a), (second, b) in combinations(zip(info.sources, chosen, strict=True), 2):
+        if _same_file(a, b):
+            raise DataError(f"{a} and {b}: the {first} and {second} inputs are one file; give each "
+                            "contrast its own image")  # fmt: skip
+    if not allow_synthetic:
+        for contrast, path in zip(info.sources, chosen, strict=True):
+            refuse_synthetic(path, contrast)
+    return chosen
+
+
+def _distinct(paths: list[Path]) -> list[Path]:
+    """``paths`` without a second way to one file (a symbolic link back into the folder)."""
+    seen: dict[Path, Path] = {}
+    for path in paths:
+        seen.setdefault(path.resolve(), path)
+    return list(seen.values())
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """The same path, or two names (hard or symbolic links) of one file or folder."""
+    try:
+        return a.resolve() == b.resolve() or os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _shown(path: Path, where: Path | str) -> str:
+    """``path`` as an error names it: relative to the folder searched, so two files of one name
+    in different subfolders read as two."""
+    if isinstance(where, Path) and where in path.parents:
+        return path.relative_to(where).as_posix()
+    return path.name
 
 
 def _is_subject_folder(folder: Path) -> bool:
@@ -147,11 +231,12 @@ def _is_subject_folder(folder: Path) -> bool:
 def plan_subject_jobs(
     info: ModelInfo, source: Path | None, output: Path, *, inputs: dict[str, Path] | None,
     overwrite: bool, output_format: str = "auto", uncertainty: bool = False,
-    problems: list[str] | None = None,
+    problems: list[str] | None = None, allow_synthetic: bool = False,
 ) -> list[Job]:
     """The jobs of a model of several sources: ``inputs`` (contrast -> file), one subject folder,
     or a folder of subject folders (one output each, named ``<subject>_synth...``, in ``output``).
-    Subject folders of a batch that lack a contrast are reported, left out and added to ``problems``."""
+    Subject folders of a batch that lack a contrast (or whose inputs :func:`_choose_inputs`
+    refuses) are reported, left out and added to ``problems``."""
     if inputs is not None:
         if source is not None:
             raise ConfigError("give either INPUT or --input CONTRAST=FILE, not both")
@@ -159,12 +244,13 @@ def plan_subject_jobs(
             if not path.exists():
                 raise DataError(f"{path}: no such file or folder (--input {contrast})")
         subjects = [(None, _choose_inputs(info, {c: [p] for c, p in inputs.items()}, "--input",
-                                          ignore_target=False))]  # fmt: skip
+                                          ignore_target=False, allow_synthetic=allow_synthetic))]  # fmt: skip
     elif source is None or not source.is_dir():
         raise DataError(f"{source}: {what_model_needs(info)}; give a subject folder, or --input CONTRAST=FILE for each")
     elif _is_subject_folder(source):
-        subjects = [(source, _choose_inputs(info, subject_contrasts(source), source))]
+        subjects = [(source, _choose_inputs(info, subject_contrasts(source), source, allow_synthetic=allow_synthetic))]
     else:
+        check_batch_folder(output, "subject")
         folders = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
         subjects = []
         for folder in folders:
@@ -172,7 +258,7 @@ def plan_subject_jobs(
             if not found:
                 continue
             try:
-                subjects.append((folder, _choose_inputs(info, found, folder)))
+                subjects.append((folder, _choose_inputs(info, found, folder, allow_synthetic=allow_synthetic)))
             except DataError as error:  # batch mode: reported and skipped, counted at the end
                 if problems is not None:
                     problems.append(str(error))
@@ -180,8 +266,6 @@ def plan_subject_jobs(
         if not subjects:
             first = f" (first: {problems[0]})" if problems else f"; {what_model_needs(info)}"
             raise DataError(f"{source}: no usable subject folder with images named by contrast{first}")
-        if output.exists() and not output.is_dir():
-            raise DataError(f"{output}: exists and is not a folder; batch mode writes one file per subject into a folder")
     batch = len(subjects) > 1 or (source is not None and not _is_subject_folder(source))
     jobs = []
     for folder, paths in subjects:
@@ -197,11 +281,10 @@ def plan_subject_jobs(
         jobs.append(dataclasses.replace(job, sources=paths))
     if batch:
         _check_batch_outputs(jobs)
+        if source is not None:
+            _refuse_input_folder(source, output)
     for job in jobs:
         check_output(job, overwrite)
-        inputs_of_job = {p.resolve() for p in job.sources}
-        if job.output.resolve() in inputs_of_job:
-            raise DataError(f"{job.output}: the output would replace one of its own inputs")
     return jobs
 
 
@@ -274,8 +357,13 @@ def check_output(job: Job, overwrite: bool) -> None:
         raise DataError(f"{job.output}: exists; pass --overwrite to replace it")
     if job.uncertainty is not None and job.uncertainty.exists() and not overwrite:
         raise DataError(f"{job.uncertainty}: exists; pass --overwrite to replace it")
-    if job.output.resolve() == job.source.resolve():
-        raise DataError(f"{job.output}: the output would replace its own input")
+    for source in job.sources or (job.source,):
+        if job.output.resolve() == source.resolve():
+            raise DataError(f"{job.output}: the output would replace its own input {source}")
+        if source.is_dir() and source.resolve() in job.output.resolve().parents:
+            # Read back next time: as a slice of the series, or as a batch instead of it.
+            raise DataError(f"{job.output}: inside the input series folder {source}; it would be read "
+                            "as part of that input next time; write it outside")  # fmt: skip
     if job.output_format == "dicom":  # a series is a folder of files
         check_writable_folder(job.output.parent, "output", target=job.output)
     else:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 
 from mri2mri import console, portable
-from mri2mri.data.geometry import slices_to_volume, square_to_planes
+from mri2mri.data.geometry import has_zero_background, slices_to_volume, square_to_planes
 from mri2mri.data.io import read_image_2d, read_volume
 from mri2mri.errors import ConfigError, DataError
 from mri2mri.predict.model import ContrastWarning, ModelInfo, Runner
@@ -35,8 +36,16 @@ def _check_channels(prepared: portable.PreparedInput, info: ModelInfo, path: Pat
                         f"{info.name} expects {info.config.model.in_channels}")  # fmt: skip
 
 
-def _warn_contrast(prepared: portable.PreparedInput, info: ModelInfo, paths: Sequence[Path] = ()) -> None:
-    """The contrast check; with several sources, once per input against that contrast's reference."""
+# Said instead of the contrast check's question when the input still has its skull: the likelier cause.
+NOT_STRIPPED = ("it is not skull-stripped (no zero background, so its mask holds skull and scalp); strip "
+                "the skull first (e.g. with SynthStrip or HD-BET): mri2mri does not do it yet")  # fmt: skip
+
+
+def _warn_contrast(prepared: portable.PreparedInput, info: ModelInfo, paths: Sequence[Path] = (),
+                   stripped: Sequence[bool] = ()) -> None:  # fmt: skip
+    """The contrast check; with several sources, once per input against that contrast's reference.
+    An input that fails it and is not skull-stripped (``stripped``, per input) is told so, rather
+    than asked whether it is the right contrast."""
     if len(info.sources) == 1:
         messages = [portable.check_source(prepared, info.source_reference)]
     else:
@@ -45,7 +54,9 @@ def _warn_contrast(prepared: portable.PreparedInput, info: ModelInfo, paths: Seq
         messages = [portable.check_source(prepared, references.get(contrast),
                                           channel=k * per_source + info.data.context_slices, name=str(path))
                     for k, (contrast, path) in enumerate(zip(info.sources, paths, strict=True))]  # fmt: skip
-    for message in messages:
+    for k, message in enumerate(messages):
+        if message and k < len(stripped) and not stripped[k]:
+            message = f"{message.rsplit('; ', 1)[0]}; {NOT_STRIPPED}"  # replaces "is it really a T1 image?"
         if message:
             console.warn(message, ContrastWarning, stacklevel=3)
 
@@ -80,18 +91,31 @@ def predict_volume_maps(
     ``uncertainty_passes`` test-time passes, or None when that is 0.
 
     ``others`` are the further inputs of a model of several sources, in its order: each is
-    resampled onto ``path``'s grid (rigidly registered to it first with ``register``)."""
+    resampled onto ``path``'s grid (rigidly registered to it first with ``register``); two
+    inputs with identical voxels (one image saved twice) are a DataError naming both."""
     volume = read_volume(path)
-    aligned = [(_onto_grid(read_volume(other), volume, register), str(other)) for other in others]
+    volumes = [read_volume(other) for other in others]
+    _refuse_identical(info, (path, *others), (volume, *volumes))
+    aligned = [(_onto_grid(read, volume, register), str(other)) for read, other in zip(volumes, others, strict=True)]
     prepared = portable.prepare_volume(volume, info.data, aligned)
     _check_channels(prepared, info, path)
-    _warn_contrast(prepared, info, (path, *others))
+    _warn_contrast(prepared, info, (path, *others), [has_zero_background(v.data) for v in (volume, *volumes)])
     data = _on_input_grid(synthesise(run, prepared, batch_size), prepared, volume, path)
     uncertainty = None
     if uncertainty_passes:
         spread = synthesise_uncertainty(run, prepared, batch_size, uncertainty_passes)
         uncertainty = _on_input_grid(spread, prepared, volume, path)
     return data, uncertainty, volume.original_affine
+
+
+def _refuse_identical(info: ModelInfo, paths: Sequence[Path], volumes: Sequence) -> None:
+    """DataError when two inputs of a model of several sources hold the same voxels: the
+    model would see one contrast in two channels and invent the other."""
+    for i, j in combinations(range(len(volumes)), 2):
+        a, b = volumes[i], volumes[j]
+        if a.data.shape == b.data.shape and np.array_equal(a.data, b.data):
+            raise DataError(f"{paths[i]} and {paths[j]}: the {info.sources[i]} and {info.sources[j]} "
+                            "inputs hold identical voxels; give each contrast its own image")  # fmt: skip
 
 
 def _onto_grid(moving, reference, register: bool) -> np.ndarray:

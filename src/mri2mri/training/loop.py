@@ -203,8 +203,8 @@ def _starting_point(
     (``init_from``) or afresh; never over a run already in the folder."""
     if resume:
         return _restore(folder, nets, config, runtime)
-    if runtime.is_main and folder.last.exists():
-        raise UserError(f"{folder.last} exists: pass --resume to continue that run, or choose another --out")
+    if runtime.is_main and (started := folder.started_run()) is not None:
+        raise UserError(f"{started} exists: pass --resume to continue that run, or choose another --out")
     if config.train.init_from:
         _warm_start(nets, config, Path(config.train.init_from))
     return Progress()
