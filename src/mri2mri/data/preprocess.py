@@ -84,6 +84,7 @@ SLICE_FIELDS = (
     "percentiles",
     "register",
     "bias_correction",
+    "brain_extraction",
 )
 
 
@@ -235,6 +236,7 @@ def prepare_subject(pair: SubjectPair, data_config: DataConfig) -> SubjectSlices
     geometry = sliced.geometry
     geometry["registration"] = registrations[0]
     geometry["resampled"] = registrations[0] is not None
+    geometry["brain_extraction"] = sliced.extraction
     several = len(aligned) > 1
     if several:
         geometry["source_registrations"] = registrations
