@@ -10,6 +10,8 @@ PyTorch and the ONNX routes alike) strip a volume identically. ``DataConfig.brai
   (:func:`is_skull_stripped`), so skull-stripped data behave exactly as before the step existed;
 * ``"deepbet"``: always; ``"none"``: never.
 
+2D images (PNG/TIFF pairs) are used as they are: a single slice is no input for a 3D extractor.
+
 The extractor is deepbet (Fisch et al., "deepbet: Fast brain extraction of T1-weighted MRI using
 Convolutional Neural Networks", Comput. Biol. Med. 2024; MIT licence): two 3D U-Nets, one finding
 the brain's bounding box on a 128^3 copy and one segmenting it at 256^3 inside that box. Its

@@ -45,6 +45,8 @@ The geometry dict (``SubjectRecord.geometry``; JSON, lists for arrays)::
                           "final_metric_value": ..., "iterations": ..., "rotation_rad": [...],
                           "translation_mm_ras": [...], "resampled": true}
     resampled             whether the source was resampled onto the target grid
+    brain_extraction      (training's records) what data/extraction.py did: {"method": "none", ...}
+                          or deepbet's record (threshold, brain volume in mL, seconds)
 
 An ``"image"`` geometry has only ``version``, ``kind``, ``grid_file`` and the entries from
 ``plane_shape`` to ``context_slices`` (the crop is the whole image).
