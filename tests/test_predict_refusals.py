@@ -20,7 +20,7 @@ from test_data_io import write_dicom_series
 from mri2mri import portable
 from mri2mri.checkpoint import save_checkpoint
 from mri2mri.cli import main as cli_main
-from mri2mri.config import DataConfig, ModelConfig, RunConfig
+from mri2mri.config import DataConfig, ModelConfig, RunConfig, replace
 from mri2mri.data.images import write_image_16bit
 from mri2mri.data.io import read_volume
 from mri2mri.errors import DataError
@@ -253,7 +253,8 @@ def test_an_input_with_its_skull_is_told_to_strip_it_not_asked_its_contrast(tmp_
     head = head + np.random.default_rng(1).uniform(1, 30, head.shape)  # and scanner noise, nowhere zero
     raw = tmp_path / "raw_t1.nii.gz"
     nib.save(nib.Nifti1Image(head.astype(np.float32), np.eye(4)), raw)
-    config = _config()
+    # A model that extracts no brain (--brain-extraction none): the input goes in as it is.
+    config = replace(_config(), data=replace(_config().data, brain_extraction="none"))
     prepared = portable.prepare_volume(read_volume(stripped), config.data)
     reference = portable.source_reference([portable.intensity_histogram(prepared.slices, prepared.mask)], "T1")
     info = ModelInfo(config=config, name="m.pth", kind="pytorch", source_reference=reference)

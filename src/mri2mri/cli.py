@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mri2mri import __version__, console
 from mri2mri.config import (
+    BRAIN_EXTRACTIONS,
     LANGUAGES,
     PRESETS,
     DataConfig,
@@ -32,6 +33,7 @@ from mri2mri.options import (
     check_run,
     check_uncertainty,
     config_from_args,
+    help_of,
     part_from_args,
 )
 from mri2mri.runfolder import (
@@ -198,6 +200,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                    precision=args.precision, uncertainty=args.uncertainty,
                    uncertainty_passes=args.uncertainty_passes, correction_weight=args.correction_weight,
                    allow_synthetic_input=args.allow_synthetic_input)  # fmt: skip
+    extraction = dict(brain_extraction=args.brain_extraction, save_mask=args.save_mask)
     if args.contrast_inputs:  # --input CONTRAST=FILE ...: the one positional is OUTPUT
         from mri2mri.predict import parse_inputs
 
@@ -205,7 +208,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if len(given) != 1:
             raise ConfigError("with --input CONTRAST=FILE give only OUTPUT (no INPUT)")
         written = predict_path(args.checkpoint, None, given[0], output_format=args.output_format,
-                               inputs=parse_inputs(args.contrast_inputs), register=args.register, **options)  # fmt: skip
+                               inputs=parse_inputs(args.contrast_inputs), register=args.register, **options,
+                               **extraction)  # fmt: skip
         for path in written:
             console.say(f"wrote {path}")
         return 0
@@ -214,10 +218,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.bids or is_bids_dataset(args.input):
         if args.output_format == "dicom":
             raise ConfigError("--output-format dicom does not apply to a BIDS dataset (BIDS is NIfTI)")
+        if args.brain_extraction is not None or args.save_mask:  # BIDS derivatives name their own files
+            raise ConfigError("--brain-extraction and --save-mask apply to volumes, not to a BIDS dataset; "
+                              "predict its volumes one by one")  # fmt: skip
         written = predict_bids(args.checkpoint, args.input, args.output, **options)
     else:
         written = predict_path(args.checkpoint, args.input, args.output,
-                               output_format=args.output_format, register=args.register, **options)  # fmt: skip
+                               output_format=args.output_format, register=args.register, **options,
+                               **extraction)  # fmt: skip
     for path in written:
         console.say(f"wrote {path}")
     return 0
@@ -377,6 +385,10 @@ def _add_predict(sub) -> None:
                          "T1=t1.nii.gz --input FLAIR=flair.nii.gz); then give only OUTPUT")  # fmt: skip
     pr.add_argument("--register", action="store_true",
                     help="several sources: rigidly register each input to the first before resampling")  # fmt: skip
+    pr.add_argument("--brain-extraction", default=None, choices=BRAIN_EXTRACTIONS,
+                    help=help_of(DataConfig, "brain_extraction") + " (default: the model's own setting)")  # fmt: skip
+    pr.add_argument("--save-mask", action="store_true",
+                    help="also write <output>_mask.nii.gz: the brain mask used, on the input's grid")  # fmt: skip
     pr.add_argument("--device", default="auto")
     pr.add_argument("--precision", default=PREDICT_PRECISION, help=PREDICT_PRECISION_HELP)
     pr.add_argument("--batch-size", type=int, default=16)

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mri2mri.checks import MAX_SOURCES, check_int, check_number, check_pair, check_sources  # noqa: F401
 from mri2mri.errors import ConfigError
 from mri2mri.names import default_run_name
 
@@ -27,11 +27,10 @@ MAX_IMAGE_SIZE = 2048
 MAX_CONTEXT_SLICES = 16
 MAX_DISC_LAYERS = 10
 MAX_DISC_SCALES = 6
-# At most this many source contrasts stacked as input channels (every known contrast but the target).
-MAX_SOURCES = 4
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 LR_SCHEDULES = ("constant", "linear")
 BIAS_CORRECTIONS = ("n4", "none")
+BRAIN_EXTRACTIONS = ("auto", "deepbet", "none")
 LANGUAGES = ("en", "zh")
 
 
@@ -93,6 +92,18 @@ class DataConfig:
         "n4: divide each source volume's N4 bias field out before the intensity window "
         "(SimpleITK; prediction repeats it; 2D images are used as they are); none: use the "
         "intensities as they are", choices=BIAS_CORRECTIONS))  # fmt: skip
+    # auto by default: every volume the models trained on is skull-stripped (it is left as it is),
+    # while a study as it leaves the scanner has skull and neck on (data/extraction.py).
+    # Configurations saved before this option existed mean "none" (see RunConfig.from_dict).
+    brain_extraction: str = field(default="auto", metadata=option(
+        "auto: extract the brain (deepbet, on the first source; the mask carried onto the other "
+        "sources) only from a volume that is not already skull-stripped; deepbet: always; none: "
+        "never", choices=BRAIN_EXTRACTIONS))  # fmt: skip
+    # The in-plane voxel size (mm along the canonical R and A axes) of the slices the model trained
+    # on, recorded from its cache: a volume of another in-plane spacing is resampled to it for the
+    # network, and the result back (data/resolution.py). None, in configurations saved before it
+    # was recorded (and for image pairs): no resampling.
+    in_plane_spacing: tuple[float, float] | None = field(default=None, metadata=INTERNAL)
     # On by default: on held-out real patients from another site, random intensity curves, bias,
     # noise, gamma (source only), flips and small affine maps won the equal-step screening
     # (benchmarks/ablation.py; README). Configurations saved before this default keep theirs.
@@ -120,7 +131,13 @@ class DataConfig:
         if self.bias_correction not in BIAS_CORRECTIONS:
             raise ConfigError(f"unknown --bias-correction {self.bias_correction!r}; choose one of "
                               f"{', '.join(BIAS_CORRECTIONS)}")  # fmt: skip
-        low, high = _pair("percentiles", self.percentiles)
+        if self.brain_extraction not in BRAIN_EXTRACTIONS:
+            raise ConfigError(f"unknown --brain-extraction {self.brain_extraction!r}; choose one of "
+                              f"{', '.join(BRAIN_EXTRACTIONS)}")  # fmt: skip
+        if self.in_plane_spacing is not None:
+            for value in check_pair("in-plane spacing", self.in_plane_spacing):
+                check_number("in-plane spacing", value, 0.0, 100.0, low_open=True)
+        low, high = check_pair("percentiles", self.percentiles)
         if not 0.0 <= low < high <= 100.0:
             raise ConfigError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
 
@@ -364,9 +381,10 @@ class RunConfig:
         # A run saved before the residual option existed trained a plain generator, one saved
         # before augmentation became the default did not augment unless it said so, and one saved
         # before bias correction existed saw its intensities as they were; one saved before the
-        # correction weight existed added all of its correction.
+        # correction weight existed added all of its correction; one saved before brain extraction
+        # existed used its volumes as they were.
         model = {"residual": "none", "correction_weight": 1.0, **payload.get("model", {})}
-        data = {"augment": False, "bias_correction": "none", **payload.get("data", {})}
+        data = {"augment": False, "bias_correction": "none", "brain_extraction": "none", **payload.get("data", {})}
         return cls(
             data=_build(DataConfig, data),
             model=_build(ModelConfig, model),
@@ -402,62 +420,6 @@ def _build(kind: type, values: dict[str, Any]):
     names = {f.name for f in dataclasses.fields(kind)}
     clean = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k in names}
     return kind(**clean)
-
-
-def check_sources(source: Any) -> tuple[str, ...]:
-    """The source contrasts of ``source`` (a name or a sequence of names); ConfigError naming
-    ``--source`` when it is empty, repeats a name or holds more than MAX_SOURCES."""
-    names = (source,) if isinstance(source, str) else source
-    if not isinstance(names, (tuple, list)) or not all(isinstance(n, str) for n in names):
-        raise ConfigError(f"--source must be a contrast name or a list of them, got {source!r}")
-    if not names or any(not n.strip() for n in names):
-        raise ConfigError(f"--source needs contrast names separated by commas, got {source!r}")
-    folded = [n.strip().lower() for n in names]
-    repeated = sorted({n for n in names if folded.count(n.strip().lower()) > 1})
-    if repeated:
-        raise ConfigError(f"--source names {', '.join(repeated)} more than once")
-    if len(names) > MAX_SOURCES:
-        raise ConfigError(f"--source takes at most {MAX_SOURCES} contrasts, got {len(names)}")
-    return tuple(names)
-
-
-def check_int(option: str, value: Any, low: int, high: int | None = None) -> int:
-    """``value`` as an integer in [low, high]; ConfigError naming ``option`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{option} must be an integer, got {value!r}")
-    if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise ConfigError(f"{option} must be {bound}, got {value}")
-    return value
-
-
-def check_number(
-    option: str,
-    value: Any,
-    low: float,
-    high: float | None = None,
-    *,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> float:
-    """``value`` as a finite number in the interval from low to high (each end closed unless
-    ``*_open``); ConfigError naming ``option`` otherwise (NaN and infinity included)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{option} must be a finite number, got {value!r}")
-    below = value <= low if low_open else value < low
-    above = high is not None and (value >= high if high_open else value > high)
-    if below or above:
-        left, right = "(" if low_open else "[", ")" if high_open else "]"
-        interval = f"{left}{low:g}, {high:g}{right}" if high is not None else None
-        bound = f"in {interval}" if interval else f"{'above' if low_open else 'at least'} {low:g}"
-        raise ConfigError(f"{option} must be {bound}, got {value:g}")
-    return float(value)
-
-
-def _pair(option: str, value: Any) -> tuple[float, float]:
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise ConfigError(f"{option} must be two numbers, got {value!r}")
-    return (check_number(option, value[0], 0.0, 100.0), check_number(option, value[1], 0.0, 100.0))
 
 
 def replace(config: Any, **changes: Any) -> Any:

@@ -47,6 +47,13 @@ PREDICT_PRECISION_HELP = (f"{PREDICT_PRECISION} (default: the same image on ever
                           "export), auto (bf16 on a GPU or a CPU with native bf16, else fp32), bf16 or fp16 (GPU)")
 
 
+def help_of(kind: type, name: str) -> str:
+    """The help text of field ``name`` of ``kind``, for a command that offers it outside a run
+    configuration (``predict --brain-extraction``)."""
+    field = next(f for f in dataclasses.fields(kind) if f.name == name)
+    return (_spec(field) or {}).get("help", "")
+
+
 def cli_fields(kind: type) -> list[dataclasses.Field]:
     """The fields of a configuration dataclass that are command-line options."""
     return [f for f in dataclasses.fields(kind) if _spec(f) is not None]

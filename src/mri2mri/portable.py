@@ -1,7 +1,8 @@
 """A prediction input prepared as training prepared its source, and the input contrast check.
 
 ``mri2mri predict model.onnx ...`` must run where PyTorch is not installed, so this module and
-everything it imports is NumPy/SciPy: the steps themselves (brain mask, percentile
+everything it imports is NumPy/SciPy: the steps themselves (brain extraction, which alone
+imports PyTorch, and only for a volume with its skull on; brain mask, percentile
 normalisation, crop / pad / resize geometry, 2.5D slicing and its inverse) are those of
 :mod:`mri2mri.data.geometry`, run in their order by the very functions
 (:func:`~mri2mri.data.geometry.slice_volume`, :func:`~mri2mri.data.geometry.square_image`) that
@@ -41,6 +42,7 @@ class PreparedInput:
     slice_indices: np.ndarray  # (n,) axial indices of the canonical volume ([0] for an image)
     geometry: dict[str, Any]
     norm: dict[str, float]  # {"low", "high"}: the (first) source window mapped to [0, 1]
+    extraction: dict[str, Any] | None = None  # what brain extraction did (data/extraction.py)
 
 
 def prepare_volume(
@@ -66,7 +68,7 @@ def _prepared(sliced: Sliced) -> PreparedInput:
     low, high = sliced.windows[0]
     return PreparedInput(slices=sliced.slices, mask=sliced.mask, full_mask=sliced.full_mask,
                          slice_indices=sliced.slice_indices, geometry=sliced.geometry,
-                         norm={"low": low, "high": high})  # fmt: skip
+                         norm={"low": low, "high": high}, extraction=sliced.extraction)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------

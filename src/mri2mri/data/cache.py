@@ -359,12 +359,22 @@ def resplit(cache_dir: Path, assignment: dict[str, str], out_dir: Path) -> Path:
 
 # How a cache's slices were made that prediction must repeat on a new volume. A model trained on
 # a prepared cache saw the cache's choice, whatever the command line of `train` said.
-PREDICTION_FIELDS = {"bias_correction": "none", "percentiles": (0.5, 99.5)}  # values before recorded
+PREDICTION_FIELDS = {"bias_correction": "none", "percentiles": (0.5, 99.5),
+                     "brain_extraction": "none"}  # values before they were recorded
+
+
+def in_plane_spacing(cache: SliceCache) -> tuple[float, float] | None:
+    """The median in-plane voxel size (mm, canonical R and A axes) of the training subjects'
+    volumes: what the model's slices were sampled at (None for image pairs: no spacing)."""
+    spacings = [r.geometry["spacing"][:2] for r in cache.subjects_in("train") if "spacing" in r.geometry]
+    if not spacings:
+        return None
+    return tuple(round(float(v), 4) for v in np.median(np.asarray(spacings, dtype=np.float64), axis=0))
 
 
 def adopt_cache_preparation(cache: SliceCache, data_config: DataConfig) -> DataConfig:
     """``data_config`` with the preparation ``cache`` was made with, so that the run records (and
-    ``predict`` repeats) what the model saw. A value that differs from both the cache's and the
+    ``predict`` repeats) what the model saw, its in-plane spacing included. A value that differs from both the cache's and the
     default was asked for, and the warning says it is not used."""
     recorded = cache.meta.get("data_config", {})
     defaults = DataConfig()
@@ -379,4 +389,5 @@ def adopt_cache_preparation(cache: SliceCache, data_config: DataConfig) -> DataC
             shown = " ".join(f"{v:g}" for v in value) if isinstance(value, tuple) else value
             console.note(f"warning: {cache.path}: cache was prepared with --{name.replace('_', '-')} {shown}; "
                          "the run uses that")
-    return replace(data_config, **changes) if changes else data_config
+    changes["in_plane_spacing"] = in_plane_spacing(cache)
+    return replace(data_config, **changes)

@@ -6,6 +6,7 @@ cannot drift apart. The module must never import PyTorch: ``mri2mri predict mode
 where it is not installed (``tests/test_export.py`` checks that with ``sys.modules["torch"] =
 None``). The Otsu threshold is NumPy too, since scikit-image is only a test dependency.
 
+0. :mod:`mri2mri.data.extraction`: a raw volume's skull removed (``DataConfig.brain_extraction``).
 1. :func:`brain_mask` (volumes) and :func:`image_mask` (2D pairs): non-zero voxels when the
    background is exactly zero (skull-stripped data), else an Otsu head mask with holes filled
    (volumes) or every pixel (images).
@@ -44,6 +45,8 @@ The geometry dict (``SubjectRecord.geometry``; JSON, lists for arrays)::
                           "final_metric_value": ..., "iterations": ..., "rotation_rad": [...],
                           "translation_mm_ras": [...], "resampled": true}
     resampled             whether the source was resampled onto the target grid
+    brain_extraction      (training's records) what data/extraction.py did: {"method": "none", ...}
+                          or deepbet's record (threshold, brain volume in mL, seconds)
 
 An ``"image"`` geometry has only ``version``, ``kind``, ``grid_file`` and the entries from
 ``plane_shape`` to ``context_slices`` (the crop is the whole image).
@@ -59,23 +62,17 @@ import numpy as np
 from scipy import ndimage
 
 from mri2mri.config import DataConfig
+from mri2mri.data.extraction import ZERO_BACKGROUND_FRACTION, has_zero_background, strip  # noqa: F401
 from mri2mri.data.volume import Volume, canonical_to_original
 from mri2mri.errors import DataError
 
 GEOMETRY_VERSION = 1
 # Voxels of margin kept around the brain's bounding box when cropping.
 CROP_MARGIN = 4
-# A volume whose voxels are exactly zero at least this often has a stripped (zero) background.
-ZERO_BACKGROUND_FRACTION = 0.1
 
 
 # --------------------------------------------------------------------------------------------
 # 1-2. Brain mask and intensity normalisation
-
-
-def has_zero_background(volume: np.ndarray) -> bool:
-    """Skull-stripped data: a sizeable share of voxels is exactly zero."""
-    return float(np.count_nonzero(volume == 0)) >= ZERO_BACKGROUND_FRACTION * volume.size
 
 
 def brain_mask(*volumes: np.ndarray) -> np.ndarray:
@@ -401,6 +398,7 @@ class Sliced:
     windows: list[tuple[float, float]]  # every source's (low, high) mapped to [0, 1], in order
     target: np.ndarray | None = None  # (n, 1, S, S) float32 in [0, 1] when a target was given
     target_window: tuple[float, float] | None = None
+    extraction: dict[str, Any] | None = None  # what brain extraction did (data/extraction.py)
 
 
 def _normalised(arrays: Sequence[tuple[np.ndarray, str]], mask: np.ndarray, percentiles) -> list:
@@ -431,7 +429,9 @@ def slice_volume(
     """Mask, normalise and slice one subject: ``sources`` are ``(data, where)`` in channel order,
     already on ``reference``'s canonical grid (the file they came from, for messages).
 
-    Each source's N4 bias field is divided out first when ``data_config.bias_correction`` is
+    The brain is extracted first (:func:`~mri2mri.data.extraction.strip`, on the first source,
+    every array zeroed outside its mask; ``data_config.brain_extraction``). Each source's N4 bias
+    field is divided out next when ``data_config.bias_correction`` is
     ``"n4"``, fitted in that source's own mask, so identically in both. Training
     (:func:`mri2mri.data.preprocess.prepare_subject`) passes the ``target`` and
     ``min_brain_fraction``; prediction (:func:`mri2mri.portable.prepare_volume`) neither. The
@@ -448,6 +448,7 @@ def slice_volume(
 
     An empty selection gives empty stacks; the caller says why.
     """
+    sources, target, extraction = strip(sources, target, reference.spacing, data_config.brain_extraction)
     sources = _bias_corrected(sources, data_config, reference.spacing)
     first = sources[0][0]
     mask = brain_mask(first, target[0]) if target is not None else brain_mask(first)
@@ -470,6 +471,7 @@ def slice_volume(
         windows=[(low, high) for _, low, high in windows],
         target=None if target_window is None else volume_to_slices(target_window[0], geometry, indices),
         target_window=None if target_window is None else target_window[1:],
+        extraction=extraction,
     )
 
 

@@ -84,6 +84,7 @@ SLICE_FIELDS = (
     "percentiles",
     "register",
     "bias_correction",
+    "brain_extraction",
 )
 
 
@@ -175,7 +176,9 @@ def register_rigid(fixed: Volume, moving: Volume, *, seed: int = 0, iterations: 
     method.SetMetricSamplingStrategy(method.RANDOM)
     # About 50k random samples per level: enough for a 6-parameter fit, fast on 240^3 volumes.
     voxels = [np.prod(fixed_image.GetSize()) / factor**3 for factor in shrink]
-    method.SetMetricSamplingPercentagePerLevel([float(min(0.5, 5e4 / v)) for v in voxels], seed)
+    # SimpleITK reads a seed of 0 as "seed from the wall clock" (sitkWallClock): shift by one so
+    # that every seed, 0 included, gives the same samples, and the same registration, each time.
+    method.SetMetricSamplingPercentagePerLevel([float(min(0.5, 5e4 / v)) for v in voxels], seed + 1)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(
         learningRate=2.0, minStep=1e-3, numberOfIterations=iterations, relaxationFactor=0.6
@@ -235,6 +238,7 @@ def prepare_subject(pair: SubjectPair, data_config: DataConfig) -> SubjectSlices
     geometry = sliced.geometry
     geometry["registration"] = registrations[0]
     geometry["resampled"] = registrations[0] is not None
+    geometry["brain_extraction"] = sliced.extraction
     several = len(aligned) > 1
     if several:
         geometry["source_registrations"] = registrations

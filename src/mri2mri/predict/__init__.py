@@ -7,7 +7,9 @@ synthesise on a machine without it: every preprocessing step here is NumPy
 :mod:`mri2mri.data.preprocess` uses too).
 
 A volume (NIfTI file or DICOM series folder) is processed exactly as training processed its
-source: reoriented to canonical RAS, brain-masked, normalised to [0, 1] by the run's
+source: reoriented to canonical RAS, resampled in-plane to the spacing the model trained at when
+it has another (:mod:`mri2mri.data.resolution`), its brain extracted when it still has its skull
+(:mod:`mri2mri.data.extraction`), brain-masked, normalised to [0, 1] by the run's
 ``DataConfig.percentiles`` of brain voxels, cut into axial slices cropped to the brain, padded
 to a square and resized to the run's image size, with ``DataConfig.context_slices`` neighbours
 on each side as extra channels (2.5D). Every axial slice that holds brain is synthesised, in
@@ -59,6 +61,7 @@ from mri2mri.predict.jobs import (
     plan_subject_jobs,
     uncertainty_path,
     what_model_needs,
+    with_masks,
 )
 from mri2mri.predict.model import (
     META_CHECKPOINT,
@@ -76,12 +79,14 @@ from mri2mri.predict.outputs import (
     INTENSITY_SCALE,
     file_sha256,
     write_image_16bit,
+    write_mask_nifti,
     write_synthetic_dicom,
     write_synthetic_nifti,
 )
 from mri2mri.predict.synthesis import (
     predict_image,
     predict_volume,
+    predict_volume_full,
     predict_volume_maps,
     synthesise,
     synthesise_uncertainty,
@@ -92,9 +97,9 @@ __all__ = [
     "OUTPUT_FORMATS", "ContrastWarning", "Job", "ModelInfo", "Runner", "check_batch_folder", "check_output",
     "file_sha256", "input_kind", "load_model", "load_onnx_model", "load_torch_model",
     "output_name", "parse_inputs", "plan_jobs", "plan_subject_jobs", "predict_image",
-    "predict_job", "predict_path", "predict_volume", "predict_volume_maps", "synthesise",
-    "synthesise_uncertainty", "uncertainty_path", "write_image_16bit", "write_synthetic_dicom",
-    "write_synthetic_nifti",
+    "predict_job", "predict_path", "predict_volume", "predict_volume_full", "predict_volume_maps", "synthesise",
+    "synthesise_uncertainty", "uncertainty_path", "write_image_16bit", "write_mask_nifti", "write_synthetic_dicom",
+    "write_synthetic_nifti", "with_brain_extraction",
 ]  # fmt: skip
 
 
@@ -114,6 +119,7 @@ def predict_path(
     register: bool = False,
     correction_weight: float | None = None,
     allow_synthetic_input: bool = False,
+    brain_extraction: str | None = None, save_mask: bool = False,
 ) -> list[Path]:
     """Synthesise every input and return the files written (see the module docstring).
 
@@ -133,9 +139,10 @@ def predict_path(
 
     An input marked synthetic is refused (left out of a batch, with a note) unless
     ``allow_synthetic_input``; so are two contrasts that are one file or hold identical voxels.
+    ``correction_weight``: a residual checkpoint's share of its correction (:func:`load_model`).
 
-    ``correction_weight`` runs a residual checkpoint with that share of its learned correction
-    (:func:`load_model`); every output's provenance records the weight used.
+    ``brain_extraction`` replaces the model's own (:mod:`mri2mri.data.extraction`); ``save_mask``
+    adds ``<output>_mask.nii.gz``, the brain mask used; the provenance lists every preparation step.
 
     ``source`` is a NIfTI file, a DICOM series folder, a PNG/TIFF image, or a folder of them
     (batch mode: one output each in the folder ``output``). Existing outputs are refused
@@ -143,10 +150,7 @@ def predict_path(
     never leaves a partial output. In batch mode a bad input is reported and skipped, and a
     :class:`DataError` at the end says how many failed.
     """
-    check_int("--batch-size", batch_size, 1)
-    if output_format not in OUTPUT_FORMATS:
-        raise ConfigError(f"unknown --output-format {output_format!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
-    passes = check_uncertainty(uncertainty, uncertainty_passes)
+    passes = _check_options(batch_size, output_format, uncertainty, uncertainty_passes)
     plan = dict(overwrite=overwrite, output_format=output_format, uncertainty=uncertainty,
                 allow_synthetic=allow_synthetic_input)  # fmt: skip
     skipped: list[str] = []  # subjects of a batch left out before any work
@@ -162,6 +166,8 @@ def predict_path(
                                      inputs=inputs, problems=skipped, **plan)  # fmt: skip
         else:
             jobs = plan_jobs(Path(source), Path(output), **plan)
+    info = info if brain_extraction is None else with_brain_extraction(info, brain_extraction)
+    jobs = with_masks(jobs, overwrite) if save_mask else jobs
     written: list[Path] = []
     failures: list[str] = list(skipped)
     for job in jobs:
@@ -179,6 +185,15 @@ def predict_path(
     return written
 
 
+def _check_options(batch_size: int, output_format: str, uncertainty: bool, passes: int | None) -> int:
+    """The options of :func:`predict_path` checked before any file is read; the test-time
+    passes to run (:func:`~mri2mri.options.check_uncertainty`)."""
+    check_int("--batch-size", batch_size, 1)
+    if output_format not in OUTPUT_FORMATS:
+        raise ConfigError(f"unknown --output-format {output_format!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
+    return check_uncertainty(uncertainty, passes)
+
+
 def predict_job(
     run: Runner, info: ModelInfo, job: Job, batch_size: int, passes: int = 8, overwrite: bool = False,
     register: bool = False,
@@ -187,16 +202,28 @@ def predict_job(
     if job.kind == "image":
         image01 = predict_image(run, info, job.source, batch_size=batch_size)
         return [write_image_16bit(job.output, image01, overwrite=overwrite)]
-    data, spread, affine = predict_volume_maps(
+    result = predict_volume_full(
         run, info, job.source, batch_size=batch_size, uncertainty_passes=passes if job.uncertainty else 0,
         others=job.sources[1:], register=register,
     )
+    data, affine, steps = result.data, result.affine, result.preparation
     if job.output_format == "dicom":
         written = [write_synthetic_dicom(job.output, data, affine, info, source=job.source, overwrite=overwrite)]
     else:
         written = [write_synthetic_nifti(job.output, data, affine, info, source=job.source,
-                                         overwrite=overwrite)]  # fmt: skip
-    if job.uncertainty is not None and spread is not None:
-        written.append(write_synthetic_nifti(job.uncertainty, spread, affine, info, source=job.source,
-                                             uncertainty_passes=passes))  # fmt: skip
+                                         overwrite=overwrite, preparation=steps)]  # fmt: skip
+    if job.uncertainty is not None and result.uncertainty is not None:
+        written.append(write_synthetic_nifti(job.uncertainty, result.uncertainty, affine, info, source=job.source,
+                                             uncertainty_passes=passes, preparation=steps))  # fmt: skip
+    if job.mask is not None:
+        written.append(write_mask_nifti(job.mask, result.mask, affine, info, source=job.source,
+                                        preparation=steps, overwrite=overwrite))  # fmt: skip
     return written
+
+
+def with_brain_extraction(info: ModelInfo, method: str) -> ModelInfo:
+    """``info`` with its ``DataConfig.brain_extraction`` replaced (``predict --brain-extraction``)."""
+    from dataclasses import replace
+
+    data = replace(info.config.data, brain_extraction=method)  # validated: ConfigError for a bad name
+    return replace(info, config=replace(info.config, data=data))

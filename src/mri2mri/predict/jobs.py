@@ -32,6 +32,7 @@ class Job:
     uncertainty: Path | None = None  # where the uncertainty NIfTI goes, when asked for
     # A model of several sources: every input in the model's order (``source`` is the first).
     sources: tuple[Path, ...] = ()
+    mask: Path | None = None  # where the brain mask used goes (--save-mask), when asked for
 
 
 OUTPUT_FORMATS = ("auto", "nifti", "dicom")
@@ -43,6 +44,14 @@ def uncertainty_path(output: Path) -> Path:
         stem, suffix = split_suffix(output.name)
         return output.with_name(f"{stem}_uncertainty{suffix}")
     return output.with_name(f"{output.name}_uncertainty.nii.gz")
+
+
+def mask_path(output: Path) -> Path:
+    """``x_synth.nii.gz`` -> ``x_synth_mask.nii.gz``; a DICOM folder ``x`` -> ``x_mask.nii.gz``."""
+    if is_nifti(output):
+        stem, suffix = split_suffix(output.name)
+        return output.with_name(f"{stem}_mask{suffix}")
+    return output.with_name(f"{output.name}_mask.nii.gz")
 
 
 def input_kind(path: Path) -> str | None:
@@ -286,6 +295,17 @@ def plan_subject_jobs(
     for job in jobs:
         check_output(job, overwrite)
     return jobs
+
+
+def with_masks(jobs: list[Job], overwrite: bool) -> list[Job]:
+    """The volume jobs given where their brain mask goes (``--save-mask``, :func:`mask_path`);
+    an existing mask is refused before any work unless ``overwrite``."""
+    planned = [dataclasses.replace(job, mask=mask_path(job.output)) if job.kind == "volume" else job
+               for job in jobs]  # fmt: skip
+    for job in planned:
+        if job.mask is not None and job.mask.exists() and not overwrite:
+            raise DataError(f"{job.mask}: exists; pass --overwrite to replace it")
+    return planned
 
 
 def _check_batch_outputs(jobs: list[Job]) -> None:

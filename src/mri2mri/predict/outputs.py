@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -14,17 +15,19 @@ from mri2mri.data.images import write_image_16bit
 from mri2mri.data.nifti import write_nifti
 from mri2mri.predict.model import ModelInfo
 
-__all__ = ["INTENSITY_SCALE", "file_sha256", "write_image_16bit", "write_synthetic_dicom", "write_synthetic_nifti"]
+__all__ = ["INTENSITY_SCALE", "file_sha256", "write_image_16bit", "write_mask_nifti", "write_synthetic_dicom",
+           "write_synthetic_nifti"]
 
 INTENSITY_SCALE = "unit: 0..1 = target window (DataConfig.percentiles of target brain voxels)"
 
 
 def write_synthetic_nifti(
     path: Path, data: np.ndarray, affine: np.ndarray, info: ModelInfo, *, source: Path,
-    uncertainty_passes: int = 0, overwrite: bool = True,
+    uncertainty_passes: int = 0, overwrite: bool = True, preparation: list[dict[str, Any]] | None = None,
 ) -> Path:
     """float32 NIfTI marked synthetic (descrip, cal range, JSON provenance extension), atomically
-    (never replacing a file that appeared meanwhile unless ``overwrite``)."""
+    (never replacing a file that appeared meanwhile unless ``overwrite``); ``preparation``, the
+    steps that prepared the input, goes into the provenance."""
     import nibabel as nib
 
     image = nib.Nifti1Image(
@@ -52,10 +55,35 @@ def write_synthetic_nifti(
         **({"map": "voxelwise standard deviation over test-time passes (flips and shifts)",
             "passes": uncertainty_passes} if uncertainty_passes else {}),  # fmt: skip
         **{k: v for k, v in info.provenance.items() if k not in ("format",)},
+        **({"preparation": preparation} if preparation is not None else {}),
     }
-    header.extensions.append(
+    _add_provenance(image, provenance)
+    return write_nifti(path, image, overwrite=overwrite)
+
+
+def _add_provenance(image, provenance: dict[str, Any]) -> None:
+    """The provenance as a JSON comment extension (NIfTI extension code 6)."""
+    import nibabel as nib
+
+    image.header.extensions.append(
         nib.nifti1.Nifti1Extension(6, json.dumps(provenance, default=str).encode("utf-8"))
     )
+
+
+def write_mask_nifti(
+    path: Path, mask: np.ndarray, affine: np.ndarray, info: ModelInfo, *, source: Path,
+    preparation: list[dict[str, Any]], overwrite: bool = True,
+) -> Path:
+    """The brain mask a prediction used (uint8, 1 = brain) on the input's grid (``--save-mask``),
+    with the same preparation provenance as the synthetic image."""
+    import nibabel as nib
+
+    image = nib.Nifti1Image(np.asarray(mask, dtype=np.uint8), np.asarray(affine, dtype=np.float64))
+    image.header["descrip"] = f"mri2mri brain mask used for {info.name}"[:79].encode("ascii", "replace")
+    image.set_qform(image.affine, code=1)
+    image.set_sform(image.affine, code=1)
+    _add_provenance(image, {"software": f"mri2mri {__version__}", "map": "brain mask (1 = brain)",
+                            "model_file": info.name, "input": str(source), "preparation": preparation})  # fmt: skip
     return write_nifti(path, image, overwrite=overwrite)
 
 
