@@ -77,10 +77,10 @@ def markdown(results: dict, weights: tuple[float, ...]) -> str:
     runs = [(fold, name, scores) for fold, by_run in results["folds"].items() for name, scores in by_run.items()]
     keys = [f"{w:g}" for w in weights] + ["intensity-map"]
     lines = [
-        f"**Correction weight, re-scored on the held-out patients of `{results['runs']}` "
+        f"**Correction weight, re-scored on the held-out patients of each fold of `{results['runs']}` "
         f"({len(runs)} runs of `{results['config']}`); in-brain PSNR (dB) / SSIM, mean of slices**",
         "",
-        "| held-out patient | run | " + " | ".join(f"w = {k}" if k != "intensity-map" else k for k in keys) + " |",
+        "| fold | run | " + " | ".join(f"w = {k}" if k != "intensity-map" else k for k in keys) + " |",
         "| --- | --- | " + " | ".join("---" for _ in keys) + " |",
     ]
     for fold, name, scores in runs:

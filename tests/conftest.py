@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -30,6 +31,17 @@ def link_real_files(folder: Path, subject: str, names) -> Path:
     for name in names:
         (folder / name).symlink_to(REAL_DATA / subject / name)
     return folder
+
+
+def write_tiny_head(path: Path, seed: int = 0) -> Path:
+    """A 24 x 24 x 6 'head': a bright ellipse on an exactly zero background."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in (24, 24, 6)], indexing="ij"))
+    inside = (grid[0] / 0.8) ** 2 + (grid[1] / 0.8) ** 2 < 1
+    data = np.where(inside, rng.uniform(100, 1000, inside.shape), 0).astype(np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    return path
 
 
 def write_tiny_cache(

@@ -15,6 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import write_tiny_head
 from test_data_io import write_dicom_series
 
 from mri2mri import portable
@@ -35,17 +36,6 @@ from mri2mri.predict import (
 from mri2mri.runfolder import RunFolder
 
 SOURCES = ("T1", "T1c", "FLAIR")
-
-
-def _volume(path: Path, seed: int = 0) -> Path:
-    """A 24 x 24 x 6 'head': a bright ellipse on an exactly zero background."""
-    rng = np.random.default_rng(seed)
-    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in (24, 24, 6)], indexing="ij"))
-    inside = (grid[0] / 0.8) ** 2 + (grid[1] / 0.8) ** 2 < 1
-    data = np.where(inside, rng.uniform(100, 1000, inside.shape), 0).astype(np.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
-    return path
 
 
 def _config(sources: tuple[str, ...] = ("T1",)) -> RunConfig:
@@ -94,8 +84,8 @@ def _refused(argv: list[str], capsys, *absent: Path) -> str:
 
 @pytest.mark.parametrize("how", ["same path", "hard link", "copy"])
 def test_one_image_given_for_two_contrasts_is_refused_naming_both(multi, tmp_path, capsys, how):
-    t1 = _volume(tmp_path / "a_t1.nii.gz")
-    flair = _volume(tmp_path / "a_flair.nii.gz", seed=1)
+    t1 = write_tiny_head(tmp_path / "a_t1.nii.gz")
+    flair = write_tiny_head(tmp_path / "a_flair.nii.gz", seed=1)
     twin = t1 if how == "same path" else tmp_path / "b.nii.gz"
     if how == "hard link":
         os.link(t1, twin)
@@ -111,13 +101,13 @@ def test_one_image_given_for_two_contrasts_is_refused_naming_both(multi, tmp_pat
 def test_a_link_back_into_a_subject_folder_is_one_file_not_two(multi, tmp_path):
     folder = tmp_path / "sub-01"
     for seed, name in enumerate(SOURCES):
-        _volume(folder / f"{name}.nii.gz", seed)
+        write_tiny_head(folder / f"{name}.nii.gz", seed)
     (folder / "loop").symlink_to(folder, target_is_directory=True)
     _, info = load_model(multi, device="cpu", precision="fp32")
     [job] = plan_subject_jobs(info, folder, tmp_path / "o.nii.gz", inputs=None, overwrite=False)
     assert job.sources == tuple(folder / f"{name}.nii.gz" for name in SOURCES)
     other = folder / "more"  # a second, different T1 deeper down is named by where it lies
-    _volume(other / "T1.nii.gz", seed=7)
+    write_tiny_head(other / "T1.nii.gz", seed=7)
     with pytest.raises(DataError, match=r"several T1 inputs \((T1\.nii\.gz, more/T1\.nii\.gz|more/T1\.nii\.gz, T1\.nii\.gz)\)"):
         plan_subject_jobs(info, folder, tmp_path / "o.nii.gz", inputs=None, overwrite=False)
 
@@ -126,7 +116,7 @@ def test_a_link_back_into_a_subject_folder_is_one_file_not_two(multi, tmp_path):
 
 
 def test_a_synthetic_nifti_input_is_refused_unless_allowed(single, tmp_path, capsys):
-    source = _volume(tmp_path / "x_t1.nii.gz")
+    source = write_tiny_head(tmp_path / "x_t1.nii.gz")
     synthetic = tmp_path / "x_t1_synth.nii.gz"
     assert _run(["predict", str(single), str(source), str(synthetic)], capsys)[0] == 0
     out = tmp_path / "y.nii.gz"
@@ -137,7 +127,7 @@ def test_a_synthetic_nifti_input_is_refused_unless_allowed(single, tmp_path, cap
 
 
 def test_a_synthetic_dicom_series_is_refused(single, tmp_path, capsys):
-    source = _volume(tmp_path / "x_t1.nii.gz")
+    source = write_tiny_head(tmp_path / "x_t1.nii.gz")
     series = tmp_path / "series"
     assert _run(["predict", str(single), str(source), str(series), "--output-format", "dicom"], capsys)[0] == 0
     out = tmp_path / "y.nii.gz"
@@ -150,13 +140,13 @@ def test_a_synthetic_dicom_series_is_refused(single, tmp_path, capsys):
 
 def test_a_batch_into_its_own_input_folder_is_refused(single, tmp_path, capsys):
     folder = tmp_path / "batch"
-    _volume(folder / "a_t1.nii.gz")
+    write_tiny_head(folder / "a_t1.nii.gz")
     _refused(["predict", str(single), str(folder), str(folder)], capsys, folder / "a_t1_synth.nii.gz")
 
 
 def test_an_earlier_output_in_a_batch_folder_is_left_out_with_a_note(single, tmp_path, capsys):
     folder = tmp_path / "batch"
-    source = _volume(folder / "a_t1.nii.gz")
+    source = write_tiny_head(folder / "a_t1.nii.gz")
     assert _run(["predict", str(single), str(source), str(folder / "a_t1_synth.nii.gz")], capsys)[0] == 0
     code, err = _run(["predict", str(single), str(folder), str(tmp_path / "out")], capsys)
     assert code == 0, err
@@ -165,7 +155,7 @@ def test_an_earlier_output_in_a_batch_folder_is_left_out_with_a_note(single, tmp
 
 
 def test_a_dicom_output_inside_the_input_series_is_refused(single, tmp_path, capsys):
-    series = write_dicom_series(tmp_path / "dcm_in", np.asarray(nib.load(_volume(tmp_path / "v.nii.gz")).dataobj))
+    series = write_dicom_series(tmp_path / "dcm_in", np.asarray(nib.load(write_tiny_head(tmp_path / "v.nii.gz")).dataobj))
     for file in series.iterdir():  # named as a scanner names them, not as this program does
         file.rename(series / f"MR.1.{file.stem}")
     before = sorted(series.iterdir())
@@ -178,12 +168,12 @@ def test_a_dicom_output_inside_the_input_series_is_refused(single, tmp_path, cap
 
 def test_a_batch_output_named_like_a_file_is_refused(single, multi, tmp_path, capsys):
     folder = tmp_path / "batch"
-    _volume(folder / "a_t1.nii.gz")
+    write_tiny_head(folder / "a_t1.nii.gz")
     _refused(["predict", str(single), str(folder), str(tmp_path / "out.nii.gz")], capsys, tmp_path / "out.nii.gz")
     subjects = tmp_path / "subjects"
     for subject in ("sub-01", "sub-02"):
         for seed, name in enumerate(SOURCES):
-            _volume(subjects / subject / f"{name}.nii.gz", seed)
+            write_tiny_head(subjects / subject / f"{name}.nii.gz", seed)
     _refused(["predict", str(multi), str(subjects), str(tmp_path / "o.nii.gz")], capsys, tmp_path / "o.nii.gz")
 
 
@@ -196,7 +186,7 @@ def test_uncertainty_options_that_would_do_nothing_are_refused(single, tmp_path,
     out = tmp_path / "o.png"
     err = _refused(["predict", str(single), str(image), str(out), "--uncertainty"], capsys, out)
     assert "volumes" in err and "slice.png" in err, err
-    source = _volume(tmp_path / "x_t1.nii.gz")
+    source = write_tiny_head(tmp_path / "x_t1.nii.gz")
     err = _refused(["predict", str(single), str(source), str(tmp_path / "y.nii.gz"), "--uncertainty-passes", "4"],
                    capsys, tmp_path / "y.nii.gz")  # fmt: skip
     assert "without --uncertainty" in err, err
@@ -224,7 +214,7 @@ def test_bids_images_with_invalid_labels_are_named_and_counted(single, tmp_path,
     root.mkdir()
     (root / "dataset_description.json").write_text(json.dumps({"Name": "tiny", "BIDSVersion": "1.9.0"}))
     for label in ("01", "a_b", "x y"):
-        _volume(root / f"sub-{label}" / "anat" / f"sub-{label}_T1w.nii.gz")
+        write_tiny_head(root / f"sub-{label}" / "anat" / f"sub-{label}_T1w.nii.gz")
     out = tmp_path / "derivative"
     code, err = _run(["predict", str(single), str(root), str(out)], capsys)
     assert code == 2, err
@@ -237,7 +227,7 @@ def test_a_bids_derivative_named_like_a_file_is_refused(single, tmp_path, capsys
     root = tmp_path / "bids"
     root.mkdir()
     (root / "dataset_description.json").write_text(json.dumps({"Name": "tiny", "BIDSVersion": "1.9.0"}))
-    _volume(root / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
+    write_tiny_head(root / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
     _refused(["predict", str(single), str(root), str(tmp_path / "out.nii.gz")], capsys, tmp_path / "out.nii.gz")
 
 
@@ -245,7 +235,7 @@ def test_a_bids_derivative_named_like_a_file_is_refused(single, tmp_path, capsys
 
 
 def test_an_input_with_its_skull_is_told_to_strip_it_not_asked_its_contrast(tmp_path):
-    stripped = _volume(tmp_path / "stripped_t1.nii.gz")
+    stripped = write_tiny_head(tmp_path / "stripped_t1.nii.gz")
     brain = np.asarray(nib.load(stripped).dataobj)
     grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in brain.shape], indexing="ij"))
     radius = np.hypot(grid[0], grid[1])

@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import write_tiny_head
 
 from mri2mri import portable
 from mri2mri.checkpoint import CHECKSUM_KEY, _digest, save_checkpoint
@@ -23,17 +24,6 @@ CONFIG = RunConfig(
     data=DataConfig(image_size=32),
     model=ModelConfig(generator="unet", base_channels=4, norm="none", dropout=0.0, residual="none"),
 )
-
-
-def _volume(path: Path, seed: int = 0) -> Path:
-    """A 24 x 24 x 6 'head': a bright ellipse on an exactly zero background."""
-    rng = np.random.default_rng(seed)
-    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in (24, 24, 6)], indexing="ij"))
-    inside = (grid[0] / 0.8) ** 2 + (grid[1] / 0.8) ** 2 < 1
-    data = np.where(inside, rng.uniform(100, 1000, inside.shape), 0).astype(np.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
-    return path
 
 
 def _checkpoint(path: Path, *, poison: float | None = None, **changes) -> Path:
@@ -63,7 +53,7 @@ def _refused(argv: list[str], output: Path, capsys) -> str:
 @pytest.mark.parametrize("poison", [math.nan, math.inf])
 def test_a_model_with_non_finite_weights_writes_nothing(tmp_path, capsys, poison):
     checkpoint = _checkpoint(tmp_path / "bad.pth", poison=poison)
-    source = _volume(tmp_path / "T1.nii.gz")
+    source = write_tiny_head(tmp_path / "T1.nii.gz")
     out = tmp_path / "o.nii.gz"
     err = _refused(["predict", str(checkpoint), str(source), str(out), "--device", "cpu"], out, capsys)
     assert "NaN or infinite" in err
@@ -82,7 +72,7 @@ def test_an_exported_model_with_non_finite_weights_writes_nothing(tmp_path, caps
     first = next(i for i in model.graph.initializer if numpy_helper.to_array(i).dtype.kind == "f")
     first.CopyFrom(numpy_helper.from_array(np.full_like(numpy_helper.to_array(first), np.nan), first.name))
     onnx.save(model, str(model_path))
-    source = _volume(tmp_path / "T1.nii.gz")
+    source = write_tiny_head(tmp_path / "T1.nii.gz")
     out = tmp_path / "o.nii.gz"
     err = _refused(["predict", str(model_path), str(source), str(out)], out, capsys)
     assert "NaN or infinite" in err
@@ -106,7 +96,7 @@ def test_the_mask_leaves_the_background_exactly_zero_whatever_the_values():
 
 def test_a_working_model_gives_a_finite_volume_zero_outside_the_head(tmp_path, capsys):
     checkpoint = _checkpoint(tmp_path / "good.pth")
-    source = _volume(tmp_path / "T1.nii.gz")
+    source = write_tiny_head(tmp_path / "T1.nii.gz")
     out = tmp_path / "o.nii.gz"
     assert cli_main(["predict", str(checkpoint), str(source), str(out), "--device", "cpu"]) == 0
     data = np.asarray(nib.load(out).dataobj)
@@ -115,7 +105,7 @@ def test_a_working_model_gives_a_finite_volume_zero_outside_the_head(tmp_path, c
 
 
 def test_checkpoints_of_the_wrong_structure_are_one_line(tmp_path, capsys):
-    source = _volume(tmp_path / "T1.nii.gz")
+    source = write_tiny_head(tmp_path / "T1.nii.gz")
     out = tmp_path / "o.nii.gz"
     absurd = CONFIG.to_dict()
     absurd["data"]["image_size"] = 10**9
@@ -132,7 +122,7 @@ def test_checkpoints_of_the_wrong_structure_are_one_line(tmp_path, capsys):
 
 
 def test_random_bytes_and_missing_files_are_described_as_such(tmp_path, capsys):
-    source = _volume(tmp_path / "T1.nii.gz")
+    source = write_tiny_head(tmp_path / "T1.nii.gz")
     out = tmp_path / "o.nii.gz"
     junk = tmp_path / "junk.pth"
     junk.write_bytes(np.random.default_rng(0).bytes(4096))
@@ -145,7 +135,7 @@ def test_random_bytes_and_missing_files_are_described_as_such(tmp_path, capsys):
 
 def test_batch_outputs_are_unique_and_never_an_input(tmp_path):
     folder = tmp_path / "in"
-    _volume(folder / "sub1.nii.gz")
+    write_tiny_head(folder / "sub1.nii.gz")
     dicom = folder / "sub1"
     dicom.mkdir()
     (dicom / "IM0001").write_bytes(b"\0" * 200)  # a DICOM series folder, as far as naming goes
@@ -155,8 +145,8 @@ def test_batch_outputs_are_unique_and_never_an_input(tmp_path):
     jobs = plan_jobs(folder, tmp_path / "out", overwrite=False, output_format="nifti")
     assert len({job.output for job in jobs}) == len(jobs) == 2
 
-    _volume(folder / "a.nii.gz")
-    _volume(folder / "a_synth.nii.gz")
+    write_tiny_head(folder / "a.nii.gz")
+    write_tiny_head(folder / "a_synth.nii.gz")
     with pytest.raises(UserError, match="a_synth.nii.gz"):
         plan_jobs(folder, folder, overwrite=True)
 
