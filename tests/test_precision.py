@@ -183,11 +183,12 @@ def test_a_runtime_holds_a_resolved_precision():
         Runtime(device=torch.device("cpu"), precision="auto")
 
 
-def test_auto_is_the_default_of_train_and_predict():
+def test_auto_is_the_default_of_train_and_fp32_of_predict():
+    """predict runs in fp32 by default: the same volume on every machine and in the ONNX export."""
     from mri2mri.cli import build_parser
     from mri2mri.config import TrainConfig
 
     assert TrainConfig().precision == "auto"
     parser = build_parser()
     assert parser.parse_args(["train", "data"]).precision == "auto"
-    assert parser.parse_args(["predict", "model.pth", "in.nii", "out.nii"]).precision == "auto"
+    assert parser.parse_args(["predict", "model.pth", "in.nii", "out.nii"]).precision == "fp32"

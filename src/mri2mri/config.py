@@ -362,8 +362,12 @@ class RunConfig:
     # before it was recorded ran with these defaults.
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
 
-    def __post_init__(self) -> None:  # run_name None: named after the contrasts, gan_t1_t1c_flair_to_t2
-        object.__setattr__(self, "train", dataclasses.replace(self.train, run_name=self.train.run_name or default_run_name(self.data.sources, self.data.target)))  # fmt: skip
+    def __post_init__(self) -> None:
+        # No run name: one after the contrasts (gan_t1_t1c_flair_to_t2). An empty name is the
+        # user's own and is refused as unsafe where the run folder checks names.
+        if self.train.run_name is None:
+            name = default_run_name(self.data.sources, self.data.target)
+            object.__setattr__(self, "train", dataclasses.replace(self.train, run_name=name))
         self.validate()
 
     def validate(self) -> None:
