@@ -75,6 +75,21 @@ def test_auto_leaves_a_zero_background_volume_untouched(tmp_path):
     assert "already skull-stripped" in sliced["auto"].extraction["reason"]
 
 
+def test_auto_leaves_a_large_simulated_brain_untouched(tmp_path):
+    """A skull-stripped brain larger than any real one (the built-in data's first subject, 2.5 L)
+    is not taken for a head: deepbet finds brain in nearly all of it, and auto uses it as it is."""
+    from mri2mri.data.phantom import write_phantom
+
+    write_phantom(tmp_path / "phantom", n_subjects=1, seed=0)
+    volume = read_volume(tmp_path / "phantom" / "sub-01" / "T1.nii.gz")
+    sliced = {method: slice_volume([(volume.data, volume.path)], volume,
+                                   DataConfig(image_size=32, brain_extraction=method))
+              for method in ("auto", "none")}  # fmt: skip
+    np.testing.assert_array_equal(sliced["auto"].slices, sliced["none"].slices)
+    assert sliced["auto"].extraction["method"] == "none"
+    assert "deepbet's brain holds" in sliced["auto"].extraction["reason"]
+
+
 def test_a_checkpoint_saved_before_extraction_keeps_the_volume_as_it_is(tmp_path):
     """An older configuration has neither field: no extraction (even of a volume with its
     background on) and no in-plane resampling, so it predicts as it always did."""

@@ -45,6 +45,10 @@ ZERO_BACKGROUND_FRACTION = 0.1
 # than a brain: the scanner zeroed the air around a head (the raw study: 58 % zeros, 2577 mL
 # non-zero over 117 mm of coverage; the 27 skull-stripped patients: 1016-1639 mL).
 MAX_STRIPPED_ML = 2200.0
+# Past that size, ``auto`` asks deepbet: a zero-background volume whose non-zero voxels are at
+# least this share brain is skull-stripped already (a large simulated brain of the built-in data:
+# 94 %; the raw study's head: 52 %) and is used as it is.
+STRIPPED_BRAIN_SHARE = 0.8
 # The brain deepbet finds must lie in this range (an adult intracranial volume is 1.1-1.9 L; a
 # scan may cover part of it), and its intensities must differ from those around it by at least
 # this Kolmogorov-Smirnov distance (uniform noise: ~0.02; the raw study's T1: ~0.8).
@@ -139,6 +143,11 @@ def extraction_mask(
     check_volume_shape(data.shape, spacing, where)
     start = time.perf_counter()
     mask = deepbet_mask(data)
+    if method == "auto" and has_zero_background(data):
+        share = float(np.count_nonzero(mask & (data != 0))) / max(int(np.count_nonzero(data)), 1)
+        if share >= STRIPPED_BRAIN_SHARE:
+            return None, {"method": "none", "asked": "auto",
+                          "reason": f"already skull-stripped (deepbet's brain holds {share:.0%} of the non-zero voxels)"}  # fmt: skip
     volume_ml = check_brain(mask, data, spacing, where)
     from importlib.metadata import version
 
