@@ -31,6 +31,11 @@ and ``quality.md``.
     python benchmarks/ablation.py --steps 800 --configs default t1-t1c --folds original  # one fold
     python benchmarks/ablation.py --budget 5 --quick           # a smoke test of the script
     python benchmarks/ablation.py --skip-builtin --finished-only  # tables of a benchmark stopped early
+    python benchmarks/ablation.py --steps 10000 --jobs 12 --device cuda ...  # a GPU machine: runs side by side
+
+``--jobs N`` trains N runs at once: on a GPU machine with many cores one small 128 px run keeps
+the device mostly idle, so a dozen side by side finish a screen in the time of one. Keep 1 on a
+small CPU, where parallel runs only share the cores (and ``--budget`` would buy each fewer steps).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _common import RESULTS
@@ -95,6 +101,15 @@ CONFIGS: dict[str, list[str]] = {
     "whole-correction": ["--correction-weight", "1"],
     # The rate falls linearly to zero over the run (its steps, or its --budget): Li et al. 2020.
     "lr-linear": ["--lr-schedule", "linear"],
+    # The adversarial term 3.3x stronger relative to L1 (sharpness and contrast are what the GAN
+    # adds; pix2pix's 100 was tuned for photographs): Isola et al. 2017, section 4.2.
+    "adv-high": ["--lambda-l1", "30"],
+    # Hinge loss for D and G (Lim & Ye 2017; Miyato et al. 2018), the loss of SPADE and BigGAN.
+    "hinge": ["--gan-loss", "hinge"],
+    # Discriminator feature matching (Salimans et al. 2016; pix2pixHD, Wang et al. 2018).
+    "fm": ["--lambda-fm", "10"],
+    # An exponential moving average of G's weights, the one used at test time (Karras et al. 2018).
+    "ema-adv-high": ["--ema", "0.999", "--lambda-l1", "30"],
 }
 # Configurations that need their own prepared slices: `mri2mri prepare` arguments.
 PREPARE: dict[str, list[str]] = {"context1": ["--context-slices", "1"]}
@@ -154,10 +169,11 @@ def run_config(name: str, seed: int, cache: Path, runs: Path, schedule: list[str
     if not (run / "metrics.json").is_file():
         if run.exists():
             shutil.rmtree(run)
+        device = ["--device", args.device] if args.device else []
         mri2mri("train", str(cache), "--out", str(run), "--run-name", name, *schedule,
-                "--batch-size", str(args.batch_size), "--seed", str(seed), "--quiet", *CONFIGS[name],
+                "--batch-size", str(args.batch_size), "--seed", str(seed), "--quiet", *device, *CONFIGS[name],
                 log=log)  # fmt: skip
-        mri2mri("test", str(run), str(cache), "--quiet", log=log)
+        mri2mri("test", str(run), str(cache), "--quiet", *device, log=log)
     return run
 
 
@@ -243,25 +259,33 @@ def markdown(summary: list[dict[str, object]], rows: list[dict[str, object]], ti
 
 def evaluate_dataset(folds: list[tuple[str, Path]], configs: list[str], seeds: list[int], schedule: list[str],
                      args: argparse.Namespace, log: list[str]) -> list[dict[str, object]]:  # fmt: skip
-    """One row per (fold, configuration, seed), and one per (fold, baseline) for each fold."""
+    """One row per (fold, configuration, seed), and one per (fold, baseline) for each fold.
+
+    ``--jobs N`` trains N runs at once (a GPU machine with many cores, where one small run leaves
+    most of the device idle); on a 2-core CPU keep one, since runs in parallel only share it."""
     rows: list[dict[str, object]] = []
     baselines_done: set[str] = set()
     # Configuration by configuration, each over every fold: a run cut short still ranks whole rows.
-    for seed in seeds:
-        for name in configs:
-            for fold, cache in folds:
-                run = run_config(name, seed, cache, cache.parent / f"runs-{fold}", schedule, args, log)
-                if run is None:
-                    continue
-                scores = fold_scores(run)
-                table = scores["intensity-map"]
-                rows.append({"fold": fold, "method": name, "seed": seed, "run": str(run), **scores["model"],
-                             **{f"table_{m}": table[m] for m in (*GAINS, "histogram_w1")},
-                             **{f"gain_{m}": scores["model"][m] - table[m] for m in GAINS}})  # fmt: skip
-                if fold not in baselines_done:  # the same test slices for every run of the fold
-                    rows += [{"fold": fold, "method": baseline_label(name, b), "seed": None, **scores[b]}
-                             for b in BASELINES if b in scores]
-                    baselines_done.add(fold)
+    tasks = [(seed, name, fold, cache) for seed in seeds for name in configs for fold, cache in folds]
+
+    def one(task: tuple[int, str, str, Path]) -> Path | None:
+        seed, name, fold, cache = task
+        return run_config(name, seed, cache, cache.parent / f"runs-{fold}", schedule, args, log)
+
+    with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
+        finished = list(pool.map(one, tasks))
+    for (seed, name, fold, _), run in zip(tasks, finished, strict=True):
+        if run is None:
+            continue
+        scores = fold_scores(run)
+        table = scores["intensity-map"]
+        rows.append({"fold": fold, "method": name, "seed": seed, "run": str(run), **scores["model"],
+                     **{f"table_{m}": table[m] for m in (*GAINS, "histogram_w1")},
+                     **{f"gain_{m}": scores["model"][m] - table[m] for m in GAINS}})  # fmt: skip
+        if fold not in baselines_done:  # the same test slices for every run of the fold
+            rows += [{"fold": fold, "method": baseline_label(name, b), "seed": None, **scores[b]}
+                     for b in BASELINES if b in scores]
+            baselines_done.add(fold)
     return rows
 
 
@@ -333,6 +357,9 @@ def main() -> int:
     parser.add_argument("--folds", nargs="+", default=None, metavar="FOLD", choices=list(site_folds()),
                         help="only these folds of benchmarks/folds_by_site.json (a quicker screen; the "
                              "default runs every fold)")  # fmt: skip
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs trained at once (a GPU machine; keep 1 on a small CPU)")
+    parser.add_argument("--device", default=None, help="train and test on this device (default: train's)")
     parser.add_argument("--skip-builtin", action="store_true")
     parser.add_argument("--skip-real", action="store_true")
     parser.add_argument("--finished-only", action="store_true",
@@ -357,11 +384,14 @@ def main() -> int:
                                  "configs": {n: CONFIGS[n] for n in args.configs}, "datasets": {}}  # fmt: skip
     tables = []
     configs = [c for c in args.configs if not (args.quick and c == "pix2pix")]
-    if args.real.is_dir() and not (args.quick or args.skip_real):
+    prepared = (args.out / "real" / "cache" / "cache.json").is_file()  # a machine without the volumes
+    if (args.real.is_dir() or prepared) and not (args.quick or args.skip_real):
         rows = []
-        for name in configs:  # each on the folds prepared for it (most share one cache)
-            folds = real_folds(args, log, PREPARE.get(name, []))
-            rows += evaluate_dataset(folds, [name], args.seeds, schedule, args, log)
+        variants: dict[tuple[str, ...], list[str]] = {}  # each configuration on the folds prepared for it
+        for name in configs:
+            variants.setdefault(tuple(PREPARE.get(name, [])), []).append(name)
+        for prepare_args, names in variants.items():
+            rows += evaluate_dataset(real_folds(args, log, list(prepare_args)), names, args.seeds, schedule, args, log)
         rows = _one_baseline_row_per_fold(rows)
         summary = summarise(rows)
         setting = (f"{args.image_size} px, {budget_text} of training per run, seeds {', '.join(map(str, args.seeds))}; "

@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from mri2mri.data.volume import Volume, canonical_volume
 from mri2mri.errors import DataError, first_line
@@ -24,6 +23,8 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 def read_itk_volume(path: Path) -> Volume:
     """A MetaImage or NRRD file as a canonical RAS :class:`Volume`; DataError naming the file for
     anything unreadable or not one 3D scalar volume."""
+    import SimpleITK as sitk  # here, not at the top: training from a prepared cache never needs it
+
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:  # SimpleITK reports every reading problem as RuntimeError
