@@ -35,7 +35,7 @@ bench-quality: $(STAMP)
 	$(BIN)/python benchmarks/ablation.py $(QUALITY_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
 
 clean:
 	rm -rf $(VENV) outputs build *.egg-info src/*.egg-info .pytest_cache

@@ -8,6 +8,7 @@ place; the folder is then synced so the rename itself survives a power cut.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -84,3 +85,12 @@ def fsync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def file_sha256(path: Path | str) -> str:
+    """SHA-256 of a file, streamed (checkpoints can be hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -219,6 +219,7 @@ def predict_bids(
         predict_job,
         uncertainty_path,
     )
+    from mri2mri.pretrained import resolve_model
 
     root, out = Path(root), Path(out)
     if not is_bids_dataset(root):
@@ -228,7 +229,8 @@ def predict_bids(
         raise DataError(f"{out}: a derivative goes into its own folder (e.g. {root}/derivatives/mri2mri)")
     check_batch_folder(out, "image")
     passes = check_uncertainty(uncertainty, uncertainty_passes)
-    weights = model_file(Path(checkpoint))
+    checkpoint = resolve_model(checkpoint)  # a ready-made model's name -> its verified weights
+    weights = model_file(checkpoint)
     run, info = load_model(checkpoint, device=device, precision=precision, correction_weight=correction_weight)
     if len(info.sources) > 1:
         raise DataError(f"{checkpoint}: a model of several sources ({info.source_name}) does not take a BIDS "

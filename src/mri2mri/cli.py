@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 import warnings
@@ -252,6 +253,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from mri2mri.pretrained import model_card, models_table
+
+    console.say(models_table() if args.name is None else model_card(args.name))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Phantom -> prepare -> train -> test -> figures and report, on the built-in data."""
     import torch
@@ -302,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mri2mri {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_demo, _add_phantom, _add_prepare, _add_train, _add_test, _add_predict,
-                _add_export, _add_compare):  # fmt: skip
+                _add_export, _add_compare, _add_models):  # fmt: skip
         add(sub)
     return parser
 
@@ -375,7 +383,8 @@ def _add_test(sub) -> None:
 
 def _add_predict(sub) -> None:
     pr = sub.add_parser("predict", help="synthesise a volume (NIfTI/DICOM in, NIfTI/DICOM out), an image, or a BIDS dataset")
-    pr.add_argument("checkpoint", type=Path, help="checkpoint (.pth), run folder, or exported .onnx")
+    pr.add_argument("checkpoint", type=Path, help="checkpoint (.pth), run folder, exported .onnx, or the name "
+                                                   "of a ready-made model (`mri2mri models`)")  # fmt: skip
     pr.add_argument("input", type=Path, nargs="?",
                     help="NIfTI file, DICOM folder, PNG/TIFF, or a folder of them; for a model of several "
                          "sources a subject folder (contrasts found by name) or a folder of them")  # fmt: skip
@@ -418,7 +427,7 @@ OUTPUT_FORMAT_HELP = (
 
 def _add_export(sub) -> None:
     ex = sub.add_parser("export", help="ONNX and safetensors export, with a model card")
-    ex.add_argument("checkpoint", type=Path)
+    ex.add_argument("checkpoint", type=Path, help="checkpoint (.pth), run folder, or a ready-made model's name")
     ex.add_argument("--onnx", type=Path, default=None)
     ex.add_argument("--safetensors", type=Path, default=None)
     ex.add_argument("--overwrite", action="store_true")
@@ -432,6 +441,12 @@ def _add_compare(sub) -> None:
     co.add_argument("--out", type=Path, default=Path("outputs") / "comparison")
     co.add_argument("--lang", default="en", choices=LANGUAGES)
     co.set_defaults(func=cmd_compare)
+
+
+def _add_models(sub) -> None:
+    mo = sub.add_parser("models", help="the ready-made models: contrasts, training data, cross-validated scores")
+    mo.add_argument("name", nargs="?", default=None, help="print this model's card instead of the table")
+    mo.set_defaults(func=cmd_models)
 
 
 def _trailing_output(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> None:
@@ -467,6 +482,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.note("interrupted")
         return 130
+    except BrokenPipeError:  # `mri2mri models | head`: the reader has gone, which is no error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own advice
+        return 0
 
 
 if __name__ == "__main__":

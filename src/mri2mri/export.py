@@ -49,6 +49,7 @@ from mri2mri.predict import (
     META_REFERENCE,
     file_sha256,
 )
+from mri2mri.pretrained import resolve_model
 from mri2mri.runfolder import find_checkpoint, run_folder_of
 
 EXPORTER = f"torch.onnx.export(dynamo=True), torch {torch.__version__}"
@@ -85,7 +86,7 @@ def export_model(
             raise DataError(f"{path}: exists; pass --overwrite to replace it")
         check_writable_output(path)  # before the export, not after it
 
-    source = find_checkpoint(Path(checkpoint), "best")
+    source = find_checkpoint(resolve_model(checkpoint), "best")
     G, config, payload = load_generator(source, "cpu", correction_weight)
     run_dir = run_folder_of(source)
     reference = source_reference_of(source, config, payload)

@@ -103,19 +103,24 @@ def _metrics_section(metrics: Any) -> list[str]:
     return lines
 
 
-def _training_data_lines(config: RunConfig, folder: RunFolder | None,
-                         source_reference: dict[str, Any] | None) -> list[str]:  # fmt: skip
-    data, model = config.data, config.model
-    source_name = ", ".join(data.sources)  # several sources: in channel order
+def _split_lines(folder: RunFolder | None) -> list[str]:
     split, slices = _split(folder), _slice_counts(folder)
-    lines = ["## Training data", ""]
     if split is not None:
         counts = ", ".join(f"{len(split[s])} {s}" for s in SPLITS)
-        lines.append(f"- Subjects per split: {counts} (a subject is in one split only).")
+        lines = [f"- Subjects per split: {counts} (a subject is in one split only)."]
     else:
-        lines.append(f"- Subjects per split: unknown (no {_NAMES.split.name} in the run folder or its cache).")
+        lines = [f"- Subjects per split: unknown (no {_NAMES.split.name} in the run folder or its cache)."]
     if slices is not None:
         lines.append("- Slices per split: " + ", ".join(f"{slices[s]} {s}" for s in SPLITS) + ".")
+    return lines
+
+
+def _training_data_lines(config: RunConfig, subjects: list[str],
+                         source_reference: dict[str, Any] | None) -> list[str]:  # fmt: skip
+    """The training data section: ``subjects`` says who trained it, then how slices were made."""
+    data, model = config.data, config.model
+    source_name = ", ".join(data.sources)  # several sources: in channel order
+    lines = ["## Training data", "", *subjects]
     lines += [
         f"- Contrasts: source {source_name}, target {data.target}.",
         f"- Axial slices resized to {data.image_size} x {data.image_size} px after cropping to the brain; "
@@ -156,7 +161,7 @@ def _network_lines(config: RunConfig, parameters: dict[str, int], summary: dict[
     ]
 
 
-def _limits_lines(config: RunConfig) -> list[str]:
+def _limits_lines(config: RunConfig, *, same_source_metrics: bool = True) -> list[str]:
     data = config.data
     source_name = ", ".join(data.sources)
     return [
@@ -177,8 +182,8 @@ def _limits_lines(config: RunConfig) -> list[str]:
         "- Only for data like the training data: other scanners, vendors, field strengths, "
         "sequences, resolutions, ages, pathologies or populations than those above are out of "
         "distribution and can fail silently. Skull-stripped and non-stripped data differ too.",
-        "- Metrics above come from a small held-out split of the same source as the training "
-        "data; they do not establish performance on any other data set.",
+        *(["- Metrics above come from a small held-out split of the same source as the training "
+           "data; they do not establish performance on any other data set."] if same_source_metrics else []),
         f"- Inputs must be {source_name}-weighted volumes; `predict` warns when the intensity "
         "distribution looks unlike the training source, but the check is coarse.",
         "- Quantitative use (volumetry, intensity-based segmentation, radiomics) of synthetic "
@@ -215,7 +220,7 @@ def model_card_text(
         lines += ["", f"ONNX exporter: {exporter}. Input `source` (B, {model.in_channels}, H, W) in [-1, 1], "
                       f"output `prediction` (B, {model.out_channels}, H, W) in [-1, 1]; B, H and W are dynamic "
                       "(H and W must suit the generator's stride)."]  # fmt: skip
-    lines += ["", *_training_data_lines(config, folder, source_reference), ""]
+    lines += ["", *_training_data_lines(config, _split_lines(folder), source_reference), ""]
     lines += [*_network_lines(config, parameters, summary), "", "## Test metrics", ""]
     lines += [*_metrics_section(metrics), "", *_limits_lines(config)]
     return "\n".join(lines)
@@ -225,3 +230,119 @@ def card_path(model: Path) -> Path:
     """The card of an exported model file: ``dir/g.onnx`` -> ``dir/g_MODEL_CARD.md``."""
     model = Path(model)
     return model.with_name(model.name.removesuffix(model.suffix) + CARD_SUFFIX)
+
+
+def _spread(scores: dict[str, Any], key: str, digits: int) -> str:
+    value = scores.get(key)
+    return f"{value['mean']:.{digits}f} ± {value['std']:.{digits}f}" if isinstance(value, dict) else "n/a"
+
+
+def _ready_use_lines(entry: dict[str, Any], config: RunConfig) -> list[str]:
+    data, name = config.data, entry["name"]
+    example = ("t1.nii.gz t2_synthetic.nii.gz" if len(data.sources) == 1
+               else "SUBJECT_FOLDER t2_synthetic.nii.gz   # a folder holding the " + ", ".join(data.sources))  # fmt: skip
+    return [
+        "## Use",
+        "",
+        "Research only: never for diagnosis or any clinical decision (see Limits).",
+        "",
+        "```",
+        f"mri2mri predict {name} {example}",
+        f"mri2mri predict {name} INPUT OUTPUT --uncertainty        # with a voxelwise uncertainty map",
+        f"mri2mri export {name} --onnx {name}.onnx",
+        "```",
+        "",
+        f"What a volume goes through: brain extraction when it is not skull-stripped "
+        f"(`--brain-extraction {data.brain_extraction}`), "
+        + ("N4 bias-field correction, " if data.bias_correction == "n4" else "")
+        + f"reorientation to RAS, axial slices resampled to the training in-plane spacing and to "
+        f"{data.image_size} x {data.image_size} px, intensities windowed per volume by the "
+        f"{data.percentiles[0]:g}-{data.percentiles[1]:g}th percentiles of the brain; the output goes back onto "
+        "the input's grid. Sources of several contrasts are resampled onto the first one's grid "
+        "(`--register` aligns them rigidly first).",
+    ]  # fmt: skip
+
+
+def _ready_cv_lines(entry: dict[str, Any]) -> list[str]:
+    name, cv = entry["name"], entry["cross_validation"]
+    rows = [(f"`{name}` recipe", cv["model"]), (cv["baseline_name"], cv["baseline"])]
+    return [
+        "## Cross-validated quality: patients from a hospital the model never saw",
+        "",
+        f"{cv['protocol']} Pooled in-brain means ± std over {cv['runs']} runs; the baseline "
+        f"`{cv['baseline_name']}` is fitted on each fold's training patients only. Windowed: each image "
+        "windowed by its own 0.5-99.5th brain percentiles, as a viewer shows it. W1: distance between "
+        "the synthetic and the real brain-intensity histograms (lower is better).",
+        "",
+        "| | PSNR brain (dB) | SSIM brain | PSNR windowed (dB) | SSIM windowed | W1 |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *[f"| {label} | {_spread(s, 'psnr_mask', 2)} | {_spread(s, 'ssim_mask', 3)} | "
+          f"{_spread(s, 'psnr_mask_window', 2)} | {_spread(s, 'ssim_mask_window', 3)} | "
+          f"{_spread(s, 'histogram_w1', 3)} |" for label, s in rows],
+        "",
+        f"Beats the intensity-map table's in-brain PSNR in {cv['beats_intensity_map']} runs. Made by:",
+        "",
+        "```",
+        *cv["commands"],
+        "```",
+    ]  # fmt: skip
+
+
+# What the cross-validation and the training data say about where a ready-made model fails.
+_READY_FAILURES = [
+    "## Where it fails",
+    "",
+    "- Lesions unlike the training tumours (gliomas): metastases, MS plaques, stroke, "
+    "haemorrhage, and children's brains are out of distribution.",
+    "- Other sites: the scores above are what a hospital the model never saw can expect, with "
+    "the spread shown; single patients vary by several dB.",
+    "- Raw studies: a volume with skull and neck must go through brain extraction (the default "
+    "`auto` does it); thick slices stay thick, and the output is only as sharp as the input.",
+    "- Bright structures of a T2 (CSF, oedema, cysts) come out less bright and less contrasted "
+    "than on a real T2.",
+]
+
+
+def ready_model_card_text(entry: dict[str, Any], config: RunConfig, *, parameters: dict[str, int],
+                          source_reference: dict[str, Any] | None = None) -> str:  # fmt: skip
+    """The card of a ready-made model (:mod:`mri2mri.pretrained`), from its manifest ``entry``:
+    who it was trained on, the cross-validated scores of its recipe, how to use it and where it
+    fails."""
+    data, name = config.data, entry["name"]
+    training, storage = entry["training"], entry.get("storage", {})
+    subjects = [f"- {training['patients']} patients with brain tumours, all used for training (no held-out split: "
+                "the scores below come from the cross-validation of the same recipe):"]  # fmt: skip
+    subjects += [f"  - {d['source']}: {d['patients']} ({d['sites']}). Cite: {d['cite']}. Licence: {d['licence']}."
+                 for d in training["data"]]  # fmt: skip
+    subjects.append("- Every volume skull-stripped, co-registered across its contrasts, 1 mm, SRI24 atlas space.")
+    summary = {"epochs": training["epochs"], "steps": training["steps"],
+               **({"device": training["device"]} if training.get("device") else {})}  # fmt: skip
+    half = (f" (costs {storage['psnr_mask_change_db']:+.4f} dB of in-brain PSNR on {storage['slices']} training "
+            f"slices; largest change of a voxel {storage['max_abs_change']:.1e})"
+            if "psnr_mask_change_db" in storage else "")  # fmt: skip
+    lines = [
+        f"# Model card: mri2mri ready-made model `{name}` ({' + '.join(data.sources)} -> {data.target})",
+        "",
+        f"{entry['summary']}. Shipped with mri2mri {__version__}; weights `{entry['file']}` "
+        f"(SHA-256 `{entry['sha256']}`, {storage.get('dtype', 'float32')}).",
+        "",
+        *_ready_use_lines(entry, config),
+        "",
+        *_training_data_lines(config, subjects, source_reference),
+        "",
+        *_network_lines(config, parameters, summary),
+        f"- Seed {training['seed']}; weights: {training['weights']}{half}.",
+        "",
+        "Made by (`scripts/ready_models.py train` then `package`):",
+        "",
+        "```",
+        *training["commands"],
+        "```",
+        "",
+        *_ready_cv_lines(entry),
+        "",
+        *_READY_FAILURES,
+        "",
+        *_limits_lines(config, same_source_metrics=False),
+    ]  # fmt: skip
+    return "\n".join(lines)

@@ -19,6 +19,7 @@ from mri2mri.contrast import source_reference_of
 from mri2mri.data.discovery import canonical_sources
 from mri2mri.errors import ConfigError, DataError, first_line
 from mri2mri.options import PREDICT_PRECISION
+from mri2mri.pretrained import ready_model_of, resolve_model
 
 # (B, C, S, S) float32 in [-1, 1] -> (B, 1, S, S) float32 in [-1, 1]
 Runner = Callable[[np.ndarray], np.ndarray]
@@ -76,8 +77,9 @@ def load_model(
 
     ``correction_weight`` runs a residual checkpoint with that share of its learned correction
     instead of the one it was trained with (``predict --correction-weight``); an ONNX graph has
-    its weight built in, so it is refused there."""
-    checkpoint = Path(checkpoint)
+    its weight built in, so it is refused there. ``checkpoint`` may also name a ready-made model
+    (:mod:`mri2mri.pretrained`)."""
+    checkpoint = resolve_model(checkpoint)
     if checkpoint.suffix.lower() == ".onnx":
         if correction_weight is not None:
             raise ConfigError(f"{checkpoint}: --correction-weight applies to PyTorch checkpoints; an ONNX "
@@ -157,8 +159,10 @@ def load_torch_model(
         return predictor(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).numpy()
 
     reference = source_reference_of(path, config, payload)
+    ready = ready_model_of(path)
     info = ModelInfo(config=config, name=path.name, kind="pytorch", source_reference=reference,
-                     provenance={"checkpoint": path.name, "epoch": payload.get("epoch"),
+                     provenance={"checkpoint": path.name, **({"ready_made_model": ready.name} if ready else {}),
+                                 "epoch": payload.get("epoch"),
                                  "weights": "ema" if payload.get("ema") else "G",
                                  **_correction_provenance(config)})  # fmt: skip
     return run, info

@@ -3,7 +3,6 @@ PNG/TIFF (:mod:`mri2mri.data.images`), and the checksum of the model that made i
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from mri2mri import __version__
+from mri2mri.atomic import file_sha256
 from mri2mri.data.images import write_image_16bit
 from mri2mri.data.nifti import write_nifti
 from mri2mri.predict.model import ModelInfo
@@ -100,12 +100,3 @@ def write_synthetic_dicom(
                         software_version=__version__)  # fmt: skip
     return write_dicom_series(folder, data, affine, series, overwrite=overwrite,
                               source_folder=source if Path(source).is_dir() else None)  # fmt: skip
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, streamed (checkpoints can be hundreds of MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
