@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _common import RESULTS
-from ablation import CONFIGS, FOLDS_FILE, REAL_DATA, ROOT, fold_scores, mri2mri, site_folds
+from ablation import FOLDS_FILE, REAL_DATA, ROOT, fold_scores, mri2mri, run_config, site_folds
 
 SCORES = ("psnr_mask", "ssim_mask", "psnr_mask_window", "ssim_mask_window", "histogram_w1")
 
@@ -50,20 +50,6 @@ def subset_folds(full: Path, root: Path, fold: str, counts: list[int]) -> dict[i
             resplit(full, {**{s: "test" for s in held_out}, **{s: "train" for s in chosen}}, target)
         folds[count or len(others)] = target
     return folds
-
-
-def train_and_test(cache: Path, run: Path, steps: int, seed: int, args: argparse.Namespace, log: list[str]) -> Path:
-    """Train the default for ``steps`` (whole epochs nearest to it) and test it; reuse a finished run."""
-    from mri2mri.data.cache import SliceCache
-
-    if not (run / "metrics.json").is_file():
-        per_epoch = max(len(SliceCache(cache).rows("train")) // args.batch_size, 1)
-        epochs = max(round(steps / per_epoch), 1)
-        device = ["--device", args.device] if args.device else []
-        mri2mri("train", str(cache), "--out", str(run), "--epochs", str(epochs), "--batch-size", str(args.batch_size),
-                "--seed", str(seed), "--quiet", *device, *CONFIGS["default"], log=log)  # fmt: skip
-        mri2mri("test", str(run), str(cache), "--quiet", *device, log=log)
-    return run
 
 
 def main() -> int:
@@ -96,12 +82,10 @@ def main() -> int:
         points = {(n, args.steps) for n in subsets} | {(everyone, s) for s in args.budget_steps}
         tasks += [(fold, n, s, seed, subsets[n]) for seed in args.seeds for n, s in sorted(points)]
 
-    def one(task):
+    def one(task):  # the default, trained as ablation.py trains it (whole epochs nearest to the steps)
         fold, patients, steps, seed, cache = task
-        run = args.out / f"runs-{fold}" / f"n{patients}-steps{steps}-s{seed}"
-        if args.finished_only:
-            return run if (run / "metrics.json").is_file() else None
-        return train_and_test(cache, run, steps, seed, args, log)
+        runs = args.out / f"runs-{fold}" / f"n{patients}-steps{steps}"
+        return run_config("default", seed, cache, runs, ["--steps", str(steps)], args, log)
 
     with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
         runs = list(pool.map(one, tasks))

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -134,9 +133,10 @@ def cross_validation(name: str) -> dict[str, Any]:
     rescored = json.loads(weights_file.read_text())["folds"]
     model_values = [rescored[r["fold"]][f"{cv['config']}-s{r['seed']}"][weight] for r in runs]
 
+    from ablation import mean_std
+
     def spread(values: list[dict[str, float]], key: str) -> dict[str, float]:
-        numbers = [float(v[key]) for v in values]
-        return {"mean": statistics.fmean(numbers), "std": statistics.pstdev(numbers)}
+        return mean_std([float(v[key]) for v in values])
 
     beats = sum(1 for r, v in zip(runs, model_values, strict=True) if v["psnr_mask"] > r["table_psnr_mask"])
     return {

@@ -19,6 +19,7 @@ from mri2mri import __version__
 from mri2mri.config import RunConfig
 from mri2mri.errors import DataError
 from mri2mri.metrics import CARD_METRICS
+from mri2mri.pretrained import format_spread
 from mri2mri.runfolder import RunFolder, read_json_object
 
 CARD_SUFFIX = "_MODEL_CARD.md"
@@ -232,11 +233,6 @@ def card_path(model: Path) -> Path:
     return model.with_name(model.name.removesuffix(model.suffix) + CARD_SUFFIX)
 
 
-def _spread(scores: dict[str, Any], key: str, digits: int) -> str:
-    value = scores.get(key)
-    return f"{value['mean']:.{digits}f} ± {value['std']:.{digits}f}" if isinstance(value, dict) else "n/a"
-
-
 def _ready_use_lines(entry: dict[str, Any], config: RunConfig) -> list[str]:
     data, name = config.data, entry["name"]
     example = ("t1.nii.gz t2_synthetic.nii.gz" if len(data.sources) == 1
@@ -276,9 +272,9 @@ def _ready_cv_lines(entry: dict[str, Any]) -> list[str]:
         "",
         "| | PSNR brain (dB) | SSIM brain | PSNR windowed (dB) | SSIM windowed | W1 |",
         "| --- | --- | --- | --- | --- | --- |",
-        *[f"| {label} | {_spread(s, 'psnr_mask', 2)} | {_spread(s, 'ssim_mask', 3)} | "
-          f"{_spread(s, 'psnr_mask_window', 2)} | {_spread(s, 'ssim_mask_window', 3)} | "
-          f"{_spread(s, 'histogram_w1', 3)} |" for label, s in rows],
+        *[f"| {label} | {format_spread(s, 'psnr_mask', 2)} | {format_spread(s, 'ssim_mask', 3)} | "
+          f"{format_spread(s, 'psnr_mask_window', 2)} | {format_spread(s, 'ssim_mask_window', 3)} | "
+          f"{format_spread(s, 'histogram_w1', 3)} |" for label, s in rows],
         "",
         f"Beats the intensity-map table's in-brain PSNR in {cv['beats_intensity_map']} runs. Made by:",
         "",

@@ -109,7 +109,8 @@ def ready_model_of(path: Path) -> ReadyModel | None:
     return None
 
 
-def _score(scores: dict[str, Any], key: str, digits: int) -> str:
+def format_spread(scores: dict[str, Any], key: str, digits: int) -> str:
+    """``scores[key]`` ({"mean", "std"}) as "mean ± std", or "n/a" (the table and the model cards)."""
     value = scores.get(key)
     if not isinstance(value, dict):
         return "n/a"
@@ -132,9 +133,9 @@ def models_table(models: dict[str, ReadyModel] | None = None) -> str:
         size = m.path.stat().st_size / 1e6 if m.path.is_file() else float("nan")
         lines.append(
             f"| {m.name} | {' + '.join(m.sources)} | {m.target} | {m.entry.get('training', {}).get('summary', '')} "
-            f"| {size:.1f} MB | {_score(model, 'psnr_mask', 2)} ({_score(table, 'psnr_mask', 2)}) "
-            f"| {_score(model, 'ssim_mask', 3)} ({_score(table, 'ssim_mask', 3)}) "
-            f"| {_score(model, 'psnr_mask_window', 2)} ({_score(table, 'psnr_mask_window', 2)}) |"
+            f"| {size:.1f} MB | {format_spread(model, 'psnr_mask', 2)} ({format_spread(table, 'psnr_mask', 2)}) "
+            f"| {format_spread(model, 'ssim_mask', 3)} ({format_spread(table, 'ssim_mask', 3)}) "
+            f"| {format_spread(model, 'psnr_mask_window', 2)} ({format_spread(table, 'psnr_mask_window', 2)}) |"
         )
     baselines = sorted({m.entry.get("cross_validation", {}).get("baseline_name", "") for m in models.values()} - {""})
     protocols = sorted({m.entry.get("cross_validation", {}).get("protocol", "") for m in models.values()} - {""})
