@@ -10,7 +10,7 @@ and scored by ``mri2mri test`` beside the ``intensity-map`` table fitted on the 
 patients, with both scorings (unit scale and windowed) and the histogram distance. The subsets are
 drawn once per fold with a fixed seed, each containing the smaller ones, so a curve adds patients
 rather than swapping them. Writes ``benchmarks/results/<tag>.json`` and ``.md``;
-``benchmarks/curves_figure.py`` draws them.
+``benchmarks/quality_figures.py curves`` draws them.
 
     python benchmarks/curves.py --folds brats2013 tcia01 --steps 10000 --budget-steps 10000 30000
     python benchmarks/curves.py --jobs 8 --device cuda ...   # a GPU machine: runs side by side

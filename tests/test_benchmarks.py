@@ -147,3 +147,40 @@ def test_correction_weight_rescoring_agrees_with_test(tmp_path):
     assert scores["0.5"]["psnr_mask"] == pytest.approx(scored, abs=0.05)
     assert set(scores) == {"0", "0.5", "1", "intensity-map"}
     assert "w = 0.5" in (tmp_path / "results" / "cw.md").read_text()
+
+
+def _fake_bysite_result() -> dict:
+    """Rows as benchmarks/ablation.py writes them: two folds, two seeds, the table's scores beside."""
+    rows = []
+    for f, fold in enumerate(("brats2013", "tcia01")):
+        for seed in (0, 1):
+            rows.append({"fold": fold, "method": "default", "seed": seed, "psnr_mask": 16.0 + f + seed / 4,
+                         "psnr_mask_window": 15.0 + f, "ssim_mask": 0.58, "table_psnr_mask": 15.0 + f,
+                         "table_psnr_mask_window": 12.0 + f, "table_ssim_mask": 0.50})  # fmt: skip
+        rows.append({"fold": fold, "method": "intensity-map", "seed": None, "psnr_mask": 15.0 + f})
+    return {"datasets": {"real": {"rows": rows}}}
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_quality_figures_draw_the_bysite_result_and_the_curves(tmp_path, lang):
+    (tmp_path / "bysite.json").write_text(json.dumps(_fake_bysite_result()))
+    curves = {"rows": [{"fold": fold, "patients": n, "steps": s, "seed": 0, "psnr_mask": 14 + n / 10,
+                        "table_psnr_mask": 13.0, "psnr_mask_window": 11.0, "table_psnr_mask_window": 8.0}
+                       for fold in ("brats2013", "tcia01") for n, s in ((3, 100), (9, 100), (23, 100), (23, 300))]}  # fmt: skip
+    (tmp_path / "curves.json").write_text(json.dumps(curves))
+    script = [sys.executable, str(BENCHMARKS / "quality_figures.py")]
+    for figure in ("bysite", "curves"):
+        out = tmp_path / f"{figure}-{lang}.png"
+        done = subprocess.run([*script, figure, "--results", str(tmp_path / f"{figure}.json"), "--out", str(out),
+                               "--lang", lang], capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
+
+
+def test_quality_figures_refuse_a_configuration_the_result_does_not_hold(tmp_path):
+    (tmp_path / "bysite.json").write_text(json.dumps(_fake_bysite_result()))
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "quality_figures.py"), "bysite", "--results",
+                           str(tmp_path / "bysite.json"), "--config", "hinge", "--out", str(tmp_path / "x.png")],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 2 and not (tmp_path / "x.png").exists()
+    assert done.stderr.strip().splitlines() == ["error: no run of 'hinge' in the result (methods: default, intensity-map)"]

@@ -114,18 +114,18 @@ def test_onnx_runs_at_two_sizes_and_matches_pytorch(exported, shape):
 
 
 def test_onnx_adds_the_checkpoints_share_of_the_correction(exported):
-    """The exported graph is the eval forward: the table plus correction_weight (0.5 by default)
+    """The exported graph is the eval forward: the table plus correction_weight (0.75 by default)
     of the correction, not the whole correction that training adds."""
     session = ort.InferenceSession(str(exported["onnx"]), providers=["CPUExecutionProvider"])
     source = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
     G = generator(exported["run"])
-    assert G.correction_weight == 0.5
+    assert G.correction_weight == 0.75
     with torch.inference_mode():
         table = G.lookup(source).numpy()
         G.correction_weight = 1.0
         whole = G(source).numpy()
     got = session.run(None, {"source": source.numpy()})[0]
-    np.testing.assert_allclose(got - table, 0.5 * (whole - table), atol=1e-4)
+    np.testing.assert_allclose(got - table, 0.75 * (whole - table), atol=1e-4)
     assert np.abs(whole - table).max() > 0.05  # the correction is not trivially zero
 
 
@@ -276,7 +276,7 @@ def test_onnx_without_mri2mri_metadata_is_refused(tmp_path):
 
 def test_another_correction_weight_reaches_predict_and_the_onnx_graph(exported, tmp_path, capsys):
     """`predict --correction-weight 1` on the checkpoint and an ONNX file exported with
-    `--correction-weight 1` give the same volume, unlike the default half; both record the weight.
+    `--correction-weight 1` give the same volume, unlike the default three quarters; both record the weight.
     An ONNX file (whose weight is built in) and a weight out of range are refused in one line."""
     rng = np.random.default_rng(3)
     volume = np.zeros((30, 26, 12), np.float32)
@@ -289,13 +289,13 @@ def test_another_correction_weight_reaches_predict_and_the_onnx_graph(exported, 
     assert "table of its input, 1 of it at inference" in (whole_onnx.parent / "g_MODEL_CARD.md").read_text()
 
     options = dict(device="cpu", precision="fp32")
-    predict_path(exported["run"], tmp_path / "in.nii.gz", tmp_path / "half.nii.gz", **options)
+    predict_path(exported["run"], tmp_path / "in.nii.gz", tmp_path / "default.nii.gz", **options)
     predict_path(exported["run"], tmp_path / "in.nii.gz", tmp_path / "whole.nii.gz", correction_weight=1.0, **options)
     predict_path(whole_onnx, tmp_path / "in.nii.gz", tmp_path / "whole_onnx.nii.gz", device="cpu")
-    half, whole, by_onnx = (nib.load(tmp_path / f"{n}.nii.gz") for n in ("half", "whole", "whole_onnx"))
+    default, whole, by_onnx = (nib.load(tmp_path / f"{n}.nii.gz") for n in ("default", "whole", "whole_onnx"))
     np.testing.assert_allclose(by_onnx.get_fdata(), whole.get_fdata(), atol=1e-4)
-    assert np.abs(whole.get_fdata() - half.get_fdata()).max() > 0.02  # the weight matters (output in [0, 1])
-    for image, weight in ((half, 0.5), (whole, 1.0), (by_onnx, 1.0)):
+    assert np.abs(whole.get_fdata() - default.get_fdata()).max() > 0.01  # the weight matters (output in [0, 1])
+    for image, weight in ((default, 0.75), (whole, 1.0), (by_onnx, 1.0)):
         provenance = json.loads(image.header.extensions[0].get_content())
         assert provenance["correction_weight"] == weight
 

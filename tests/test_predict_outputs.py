@@ -348,7 +348,7 @@ def test_bids_dataset_in_gives_a_valid_derivative_out(run_dir, tmp_path):
         assert relative.split("/")[0] == f"sub-{image.entities['subject']}"
         assert sidecar["CheckpointSHA256"] == digest
         assert sidecar["SoftwareVersion"] == __version__ and sidecar["Model"] == "tiny_best.pth"
-        assert sidecar["CorrectionWeight"] == 0.5  # a residual model: the share of its correction it added
+        assert sidecar["CorrectionWeight"] == 0.75  # a residual model: the share of its correction it added (the default)
         assert nib.load(image.path).shape == nib.load(root / relative).shape
     assert description["DatasetLinks"]["raw"] == root.resolve().as_uri()
 

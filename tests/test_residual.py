@@ -64,8 +64,8 @@ def test_inference_adds_its_share_of_the_correction_and_training_all_of_it():
     torch.testing.assert_close(shrunk - table, 0.3 * (whole - table), atol=1e-6, rtol=0)
 
 
-def test_correction_weight_defaults_to_half_and_old_runs_keep_their_whole_correction(tmp_path, capsys):
-    assert RunConfig().model.correction_weight == 0.5
+def test_correction_weight_defaults_to_three_quarters_and_old_runs_keep_their_whole_correction(tmp_path, capsys):
+    assert RunConfig().model.correction_weight == 0.75
     saved = RunConfig().to_dict()
     del saved["model"]["correction_weight"]
     old = RunConfig.from_dict(saved)
