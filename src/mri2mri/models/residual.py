@@ -18,10 +18,10 @@ prediction is then a weighted average of the network's image and the table's, tw
 the T2 whose errors differ, the classic robust way to combine forecasts (Bates & Granger 1969;
 Clemen 1989). On patients from another site the full correction, learnt with an adversarial loss,
 over-shoots. On three training patients half of it was closest to the real T2 (README, "Half the
-correction"); on 27, cross-validated by site, three quarters are as close on the unit scale and
-keep more of the real T2's contrast (README, "Quality at another hospital"). Training always uses the whole correction, as
-dropout trains with its mask and predicts without it; the weight is a plain attribute set from
-the run configuration, so the checkpoint's tensors are unchanged.
+correction"); on 27, cross-validated by site, three quarters are the closest on the unit scale and
+keep more of the real T2's contrast (README, "Quality at another hospital"). Training always uses
+the whole correction, as dropout trains with its mask and predicts without it; the weight is a
+plain attribute set from the run configuration, so the checkpoint's tensors are unchanged.
 """
 
 from __future__ import annotations
