@@ -67,7 +67,7 @@ def save_row(panels: list[tuple[np.ndarray, str]], title: str, out: Path, lang: 
     """One row of grey images in [0, 1] with their titles under ``title``, written to ``out``."""
     from matplotlib.figure import Figure
 
-    from mri2mri.figures import figure_style
+    from mri2mri.figures import figure_style, save_figure
 
     with figure_style(lang):
         figure = Figure(figsize=(3 * len(panels), 3.9))
@@ -77,8 +77,7 @@ def save_row(panels: list[tuple[np.ndarray, str]], title: str, out: Path, lang: 
             axis.axis("off")
         figure.suptitle(title)
         figure.tight_layout(rect=(0, 0, 1, 0.9))  # room for the title above the panel titles
-        out.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(out, dpi=80, facecolor="white")
+        save_figure(figure, out, dpi=80)
     print(f"wrote {out}")
 
 

@@ -154,8 +154,9 @@ def _mean_by(rows: list[dict], key: str) -> dict[int, dict[str, float]]:
 
 
 def _save(figure, out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=90, facecolor="white")
+    from mri2mri.figures import save_figure
+
+    save_figure(figure, out, dpi=90)
     print(f"wrote {out}")
     return out
 

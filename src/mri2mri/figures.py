@@ -145,10 +145,15 @@ def _plain(text: str) -> str:
     return str(text).replace("$", r"\$")
 
 
-def _save(figure: Figure, out_png: str | Path) -> Path:
+def save_figure(figure: Figure, out_png: str | Path, *, dpi: int = DPI) -> Path:
+    """Write ``figure`` as a PNG on white (its folder made if missing) and free its artists.
+
+    The figures of this module and of the benchmarks all go through here; the benchmarks pass a
+    lower ``dpi`` for the pictures the README shows at column width.
+    """
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=DPI, facecolor="white")
+    figure.savefig(out, dpi=dpi, facecolor="white")
     # The Figure was never registered with pyplot; dropping the canvas's references is enough.
     figure.clear()
     return out
@@ -213,7 +218,7 @@ def _curve_panels(
         axis.grid(True, alpha=0.4)
         axis.legend(loc="best")
     figure.suptitle(t(title_key, lang))
-    return _save(figure, out_png)
+    return save_figure(figure, out_png)
 
 
 def plot_loss_curve(history_csv: str | Path, out_png: str | Path, lang: str = "en") -> Path:
@@ -346,7 +351,7 @@ def plot_triptych(
                                  vmax)  # fmt: skip
             figure.colorbar(handle, ax=axes[-1], fraction=0.046, pad=0.04, extend="max")
         figure.suptitle(_plain(title) if title else t("translation", lang, **names))
-        return _save(figure, out_png)
+        return save_figure(figure, out_png)
 
 
 def plot_slice_grid(
@@ -404,7 +409,7 @@ def plot_slice_grid(
         if handle is not None:
             figure.colorbar(handle, ax=axes[:, 3], fraction=0.046, pad=0.04, extend="max")
         figure.suptitle(_plain(title) if title else t("translation", lang, **names))
-        return _save(figure, out_png)
+        return save_figure(figure, out_png)
 
 
 def plot_comparison(
@@ -453,4 +458,4 @@ def plot_comparison(
                                      error_vmax)
             figure.colorbar(handle, ax=axes[1, 1:-1], fraction=0.046, pad=0.04, extend="max")
         figure.suptitle(t("comparison", lang, **names))
-        return _save(figure, out_png)
+        return save_figure(figure, out_png)
