@@ -109,6 +109,14 @@ def bysite_figure(results: dict, config: str, out: Path, lang: str) -> Path:
 def curves_figure(results: dict, out: Path, lang: str) -> Path:
     """PSNR against training patients (at the patient curve's steps) and against steps (with all
     of a fold's patients), both scorings, one colour per fold."""
+    from mri2mri.figures import figure_style
+
+    with figure_style(lang):  # tick labels are formatted when saved, under the same style
+        return _save(draw_curves(results, lang), out)
+
+
+def draw_curves(results: dict, lang: str):
+    """The figure of :func:`curves_figure`, unsaved."""
     from matplotlib.figure import Figure
 
     from mri2mri.figures import figure_style
@@ -121,6 +129,7 @@ def curves_figure(results: dict, out: Path, lang: str) -> Path:
     with figure_style(lang):
         figure = Figure(figsize=(10, 7.6))
         axes = figure.subplots(len(CURVE_METRICS), 2, squeeze=False)
+        ticks: tuple[set[int], set[int]] = (set(), set())  # every fold's x values, per column
         for c, fold in enumerate(folds):
             mine = [r for r in rows if r["fold"] == fold]
             everyone = max(r["patients"] for r in mine)
@@ -137,11 +146,29 @@ def curves_figure(results: dict, out: Path, lang: str) -> Path:
                     axis.plot(xs, [points[x][f"table_{metric}"] for x in xs], "s--", color=colour, alpha=0.6)
                     axis.set_xlabel(text[key].format(steps=fewest_steps))
                     axis.set_ylabel(text[metric])
-                    axis.set_xticks(xs)
+                    ticks[col].update(xs)
+        for col, values in enumerate(ticks):
+            positions, labels = shared_ticks(values)
+            for row in range(len(CURVE_METRICS)):
+                axes[row][col].set_xticks(positions, labels)
         axes[0][0].legend(fontsize=8)
         figure.suptitle(text["curves"])
         figure.tight_layout()
-        return _save(figure, out)
+        return figure
+
+
+def shared_ticks(values: set[int], close: float = 0.05) -> tuple[list[float], list[str]]:
+    """Tick positions and labels for x values pooled over folds; values within ``close`` of the
+    axis span (all of one fold's 23 patients, another's 24) share one tick labelled "23/24"."""
+    ordered = sorted(values)
+    span = (ordered[-1] - ordered[0]) or 1
+    groups: list[list[int]] = []
+    for x in ordered:
+        if groups and x - groups[-1][-1] <= close * span:
+            groups[-1].append(x)
+        else:
+            groups.append([x])
+    return [statistics.fmean(g) for g in groups], ["/".join(str(x) for x in g) for g in groups]
 
 
 def _mean_by(rows: list[dict], key: str) -> dict[int, dict[str, float]]:

@@ -184,3 +184,20 @@ def test_quality_figures_refuse_a_configuration_the_result_does_not_hold(tmp_pat
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 2 and not (tmp_path / "x.png").exists()
     assert done.stderr.strip().splitlines() == ["error: no run of 'hinge' in the result (methods: default, intensity-map)"]
+
+
+def test_the_curves_share_ticks_across_folds():
+    """Each fold's x values stay on the axis: a fold with fewer budget points (or 24 patients where
+    another has 23) must not wipe the other folds' ticks."""
+    sys.path.insert(0, str(BENCHMARKS))
+    from quality_figures import draw_curves, shared_ticks
+
+    assert shared_ticks({3, 9, 23, 24}) == ([3, 9, 23.5], ["3", "9", "23/24"])
+    rows = [{"fold": fold, "patients": n, "steps": s, "seed": 0, "psnr_mask": 15.0, "table_psnr_mask": 13.0,
+             "psnr_mask_window": 12.0, "table_psnr_mask_window": 9.0}
+            for fold, everyone, budgets in (("brats2013", 23, (100, 300)), ("tcia01", 24, (100,)))
+            for n, s in ((3, 100), (9, 100), *((everyone, b) for b in budgets))]  # fmt: skip
+    figure = draw_curves({"rows": rows}, "en")
+    patients_axis, steps_axis = figure.axes[0], figure.axes[1]
+    assert [t.get_text() for t in patients_axis.get_xticklabels()] == ["3", "9", "23/24"]
+    assert [t.get_text() for t in steps_axis.get_xticklabels()] == ["100", "300"]
