@@ -139,18 +139,19 @@ def draw_curves(results: dict, lang: str):
             by_steps = _mean_by([r for r in mine if r["patients"] == everyone], "steps")
             colour = f"C{c}"
             for row, metric in enumerate(CURVE_METRICS):
-                for col, (points, key) in enumerate(((by_patients, "patients"), (by_steps, "steps"))):
+                for col, points in enumerate((by_patients, by_steps)):
                     axis = axes[row][col]
                     xs = sorted(points)
                     axis.plot(xs, [points[x][metric] for x in xs], "o-", color=colour, label=fold)
                     axis.plot(xs, [points[x][f"table_{metric}"] for x in xs], "s--", color=colour, alpha=0.6)
-                    axis.set_xlabel(text[key].format(steps=fewest_steps))
-                    axis.set_ylabel(text[metric])
                     ticks[col].update(xs)
-        for col, values in enumerate(ticks):
+        # each axis labelled once, after every fold has drawn on it
+        for col, (values, key) in enumerate(zip(ticks, ("patients", "steps"), strict=True)):
             positions, labels = shared_ticks(values)
-            for row in range(len(CURVE_METRICS)):
+            for row, metric in enumerate(CURVE_METRICS):
                 axes[row][col].set_xticks(positions, labels)
+                axes[row][col].set_xlabel(text[key].format(steps=fewest_steps))
+                axes[row][col].set_ylabel(text[metric])
         axes[0][0].legend(fontsize=8)
         figure.suptitle(text["curves"])
         figure.tight_layout()
