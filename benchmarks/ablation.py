@@ -119,6 +119,10 @@ PREPARE["t1-t1c"] = ["--source", "T1,T1c"]
 CONFIGS["t1-t1c"] = ["--source", "T1,T1c"]
 PREPARE["t1-t1c-flair"] = ["--source", "T1,T1c,FLAIR"]
 CONFIGS["t1-t1c-flair"] = ["--source", "T1,T1c,FLAIR"]
+# The three sources with an SSIM term weighted as the L1 term (Zhao et al. 2017: a loss led by
+# SSIM beat L1 alone for image restoration), the lever aimed at the in-brain SSIM; same slices.
+PREPARE["t1-t1c-flair-ssim"] = PREPARE["t1-t1c-flair"]
+CONFIGS["t1-t1c-flair-ssim"] = [*CONFIGS["t1-t1c-flair"], "--lambda-ssim", "100"]
 PREPARE["flair"] = ["--source", "FLAIR"]
 CONFIGS["flair"] = ["--source", "FLAIR"]
 # The default before N4 bias correction of the source became part of the preparation.
