@@ -14,7 +14,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import link_real_files, requires_real_data, write_tiny_cache
+from conftest import REAL_DATA, requires_real_data, write_tiny_cache
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -229,7 +229,8 @@ def test_onnx_and_pytorch_agree_on_a_real_multi_source_subject(tmp_path):
     with the checkpoint and with its ONNX export, both with predict's default options (N4,
     resampling, the table, half the correction, the default precision), give the same volume to
     1e-4 of the output's range. (On a CPU with native bf16 the checkpoint once ran in bf16 by
-    default and the ONNX graph in fp32: 3e-3 of the range apart.)"""
+    default and the ONNX graph in fp32: 3e-3 of the range apart.) A 40-slice axial slab of the
+    patient, not the whole head, keeps the N4 of three volumes, run twice, to a third of the time."""
     config = RunConfig(
         data=DataConfig(source=("T1", "T1c", "FLAIR"), image_size=32, context_slices=1),
         model=ModelConfig(generator="unet", base_channels=8, in_channels=9, table_channel=1, dropout=0.0),
@@ -244,14 +245,18 @@ def test_onnx_and_pytorch_agree_on_a_real_multi_source_subject(tmp_path):
     save_checkpoint(checkpoint, {"G": G.state_dict(), "config": config.to_dict(), "epoch": 1})
     export_model(checkpoint, onnx_path=tmp_path / "export" / "multi.onnx")
     case = "BraTS-GLI-00001-000"
-    subject = link_real_files(tmp_path / case, case, [f"{case}-{c}.nii.gz" for c in ("t1n", "t1c", "t2f")])
+    subject = tmp_path / case
+    subject.mkdir()
+    for contrast in ("t1n", "t1c", "t2f"):
+        name = f"{case}-{contrast}.nii.gz"
+        nib.save(nib.load(REAL_DATA / case / name).slicer[:, :, 50:90], subject / name)  # affine kept
 
     predict_path(checkpoint, subject, tmp_path / "torch.nii.gz")
     predict_path(tmp_path / "export" / "multi.onnx", subject, tmp_path / "onnx.nii.gz")
     by_torch = nib.load(tmp_path / "torch.nii.gz").get_fdata(dtype=np.float32)
     by_onnx = nib.load(tmp_path / "onnx.nii.gz").get_fdata(dtype=np.float32)
     value_range = float(by_torch.max() - by_torch.min())
-    assert by_torch.shape == (240, 240, 155) and value_range > 0.1
+    assert by_torch.shape == (240, 240, 40) and value_range > 0.1
     assert float(np.abs(by_torch - by_onnx).max()) <= 1e-4 * value_range
 
 
