@@ -230,7 +230,7 @@ def test_onnx_and_pytorch_agree_on_a_real_multi_source_subject(tmp_path):
     resampling, the table, half the correction, the default precision), give the same volume to
     1e-4 of the output's range. (On a CPU with native bf16 the checkpoint once ran in bf16 by
     default and the ONNX graph in fp32: 3e-3 of the range apart.) A 40-slice axial slab of the
-    patient, not the whole head, keeps the N4 of three volumes, run twice, to a third of the time."""
+    patient, not the whole head, halves the time of the N4 of three volumes, run twice."""
     config = RunConfig(
         data=DataConfig(source=("T1", "T1c", "FLAIR"), image_size=32, context_slices=1),
         model=ModelConfig(generator="unet", base_channels=8, in_channels=9, table_channel=1, dropout=0.0),
