@@ -123,6 +123,10 @@ CONFIGS["t1-t1c-flair"] = ["--source", "T1,T1c,FLAIR"]
 # SSIM beat L1 alone for image restoration), the lever aimed at the in-brain SSIM; same slices.
 PREPARE["t1-t1c-flair-ssim"] = PREPARE["t1-t1c-flair"]
 CONFIGS["t1-t1c-flair-ssim"] = [*CONFIGS["t1-t1c-flair"], "--lambda-ssim", "100"]
+# The three sources with the hinge loss for D and G (see "hinge"): the adversarial loss, the
+# lever the SSIM bar of several sources had left untried.
+PREPARE["t1-t1c-flair-hinge"] = PREPARE["t1-t1c-flair"]
+CONFIGS["t1-t1c-flair-hinge"] = [*CONFIGS["t1-t1c-flair"], *CONFIGS["hinge"]]
 PREPARE["flair"] = ["--source", "FLAIR"]
 CONFIGS["flair"] = ["--source", "FLAIR"]
 # The default before N4 bias correction of the source became part of the preparation.

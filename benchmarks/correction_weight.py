@@ -119,7 +119,8 @@ def main() -> None:
     for fold in sorted(args.runs.glob("fold-*")):
         held_out = fold.name.removeprefix("fold-")  # a fold's name
         cache = SliceCache(fold)
-        for run in sorted((args.runs / f"runs-{held_out}").glob(f"{args.config}-s*")):
+        # "-s<seed>": the glob "-s*" would also take "t1-t1c-flair-ssim-s1" for "t1-t1c-flair".
+        for run in sorted((args.runs / f"runs-{held_out}").glob(f"{args.config}-s[0-9]*")):
             if not RunFolder(run).metrics.is_file():
                 continue  # not finished
             scores = score_run(run, cache, weights)

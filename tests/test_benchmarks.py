@@ -114,9 +114,13 @@ def test_run_all_picks_up_the_contention_benchmark():
     assert "--quick" in options and "--out" in options
 
 
-def test_correction_weight_rescoring_agrees_with_test(tmp_path):
-    """benchmarks/correction_weight.py scores a finished leave-one-out run at several weights
-    without retraining; at the run's own weight it must give what `mri2mri test` wrote."""
+@pytest.fixture(scope="module")
+def finished_fold(tmp_path_factory) -> tuple[Path, str, dict]:
+    """An ablation output's layout with one finished leave-one-out run (``default-s0``), a
+    copy of it under another configuration's name (``default-ssim-s0``, which the scripts must
+    not take for a seed of ``default``), and the metrics `mri2mri test` wrote for it."""
+    import shutil
+
     from conftest import tiny_config, write_tiny_cache
 
     from mri2mri.cli import main as cli_main
@@ -124,7 +128,7 @@ def test_correction_weight_rescoring_agrees_with_test(tmp_path):
     from mri2mri.data.cache import SliceCache
     from mri2mri.training import train
 
-    root = tmp_path / "real"
+    root = tmp_path_factory.mktemp("real")
     held_out = "sub-04"  # the tiny cache's test subject
     fold = write_tiny_cache(root / f"fold-{held_out}")
     assert SliceCache(fold).subjects[-1].subject == held_out
@@ -138,15 +142,47 @@ def test_correction_weight_rescoring_agrees_with_test(tmp_path):
     config = tiny_config(epochs=1, max_steps_per_epoch=2, precision="fp32")
     train(replace(config, model=replace(config.model, residual="intensity-map")), fold, run, progress=False)
     assert cli_main(["test", str(run), str(fold), "--quiet"]) == 0
-    scored = json.loads((run / "metrics.json").read_text())["per_subject"][held_out]["model"]["psnr_mask"]["mean"]
+    shutil.copytree(run, run.with_name("default-ssim-s0"))
+    return root, held_out, json.loads((run / "metrics.json").read_text())
+
+
+def test_correction_weight_rescoring_agrees_with_test(finished_fold, tmp_path):
+    """benchmarks/correction_weight.py scores a finished leave-one-out run at several weights
+    without retraining; at the run's own weight it must give what `mri2mri test` wrote."""
+    root, held_out, metrics = finished_fold
+    scored = metrics["per_subject"][held_out]["model"]["psnr_mask"]["mean"]
     command = [sys.executable, str(BENCHMARKS / "correction_weight.py"), "--runs", str(root),
                "--weights", "0", "0.5", "1", "--out", str(tmp_path / "results"), "--tag", "cw"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    scores = json.loads((tmp_path / "results" / "cw.json").read_text())["folds"][held_out]["default-s0"]
+    by_run = json.loads((tmp_path / "results" / "cw.json").read_text())["folds"][held_out]
+    assert set(by_run) == {"default-s0"}  # not the other configuration's run
+    scores = by_run["default-s0"]
     assert scores["0.5"]["psnr_mask"] == pytest.approx(scored, abs=0.05)
     assert set(scores) == {"0", "0.5", "1", "intensity-map"}
     assert "w = 0.5" in (tmp_path / "results" / "cw.md").read_text()
+
+
+def test_test_time_averaging_benchmark_rescores_with_test_and_pairs_each_run(finished_fold, tmp_path):
+    """benchmarks/tta.py scores each finished run with `test --tta K`; its K = 1 is what `test`
+    wrote, and each change it reports is the run's own K minus its K = 1."""
+    root, held_out, metrics = finished_fold
+    command = [sys.executable, str(BENCHMARKS / "tta.py"), "--runs", str(root), "--configs", "default",
+               "--passes", "4", "--out", str(tmp_path / "results"), "--tag", "tta",
+               "--scratch", str(tmp_path / "scratch")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    payload = json.loads((tmp_path / "results" / "tta.json").read_text())
+    assert payload["passes"] == [1, 4] and [r["run"] for r in payload["results"]] == ["default-s0"]
+    scores = payload["results"][0]["scores"]
+    assert scores["1"]["psnr_mask"] == pytest.approx(metrics["pooled"]["model"]["psnr_mask"]["mean"], abs=0.05)
+    assert scores["4"]["psnr_mask"] != scores["1"]["psnr_mask"]  # a trained net is not flip-invariant
+    change = payload["changes"]["4"]["ssim_mask"]
+    assert change["mean"] == pytest.approx(scores["4"]["ssim_mask"] - scores["1"]["ssim_mask"])
+    assert change["runs"] == 1 and change["improved"] == int(change["mean"] > 0)
+    saved = json.loads((tmp_path / "scratch" / "tta" / held_out / "default-s0" / "k4" / "metrics.json").read_text())
+    assert saved["protocol"]["test_time_passes"] == 4
+    assert "K = 4" in (tmp_path / "results" / "tta.md").read_text()
 
 
 def _fake_bysite_result() -> dict:

@@ -21,7 +21,7 @@ from mri2mri.cli import main as cli_main
 from mri2mri.data.io import read_volume
 from mri2mri.errors import DataError
 from mri2mri.predict import file_sha256, predict_path
-from mri2mri.uncertainty import MAX_PASSES, spearman, transform, tta_std, untransform
+from mri2mri.uncertainty import MAX_PASSES, spearman, transform, tta_mean, tta_std, untransform
 
 PATIENT = {"PatientName": "DOE^JANE", "PatientID": "P-0042", "PatientBirthDate": "19700101",
            "PatientSex": "F", "StudyDate": "20240102", "AccessionNumber": "ACC7"}  # fmt: skip
@@ -203,6 +203,69 @@ def test_tta_std_is_zero_for_an_equivariant_model_and_not_for_one_that_is_not():
         tta_std(pointwise, batch, 1)
 
 
+def test_the_test_time_mean_averages_what_each_pass_adds_back_on_the_input_grid():
+    """A model that is exact but for a left-right ramp of its own: the flipped pass, flipped
+    back, carries the mirrored ramp, so the mean of the two is exact; the plain pass is not.
+    A wrongly undone view (not flipped back, or shifted the wrong way) leaves an error."""
+    batch = np.random.default_rng(2).uniform(-0.7, 0.7, size=(2, 3, 16, 16)).astype(np.float32)
+    ramp = np.linspace(-0.2, 0.2, 16)
+
+    def leaning(x):
+        return x[:, 1:2] + ramp
+
+    np.testing.assert_allclose(tta_mean(leaning, batch, 1), batch[:, 1:2] + ramp, atol=1e-6)
+    np.testing.assert_allclose(tta_mean(leaning, batch, 2), batch[:, 1:2], atol=1e-6)
+    # Pointwise models commute with every view: any number of passes gives the plain prediction.
+    np.testing.assert_allclose(tta_mean(lambda x: np.tanh(2 * x[:, 1:2]), batch, 8),
+                               np.tanh(2 * batch[:, 1:2]), atol=1e-6)  # fmt: skip
+    # Each pass is clipped to the model's range before it is averaged, as the prediction is.
+    assert tta_mean(lambda x: 3 * x[:, :1], batch, 4).max() <= 1.0
+    with pytest.raises(ValueError, match="--tta must be between 1"):
+        tta_mean(leaning, batch, 0)
+
+
+def test_evaluate_with_test_time_passes_scores_their_mean_and_says_so(tmp_path):
+    from conftest import write_tiny_cache
+
+    from mri2mri.evaluation import evaluate
+
+    size = 32
+    cache = write_tiny_cache(tmp_path / "cache", size=size, slices=4, splits=("train", "val", "test", "test"))
+    ramp = torch.linspace(-0.2, 0.2, size)
+
+    def biased(source: torch.Tensor) -> torch.Tensor:  # the tiny cache's target, plus the ramp
+        unit = (source[:, :1] + 1) / 2
+        return 2 * (1 - unit) ** 2 - 1 + ramp
+
+    plain = evaluate(biased, cache, tmp_path / "plain", progress=False)
+    mean = evaluate(biased, cache, tmp_path / "tta", progress=False, tta_passes=2)
+    psnr = [r["pooled"]["model"]["psnr_mask"]["mean"] for r in (plain, mean)]
+    assert psnr[1] > psnr[0] + 10, psnr  # the flipped pass cancels the ramp
+    assert plain["protocol"]["test_time_passes"] == 1
+    saved = json.loads((tmp_path / "tta" / "metrics.json").read_text())
+    assert saved["protocol"]["test_time_passes"] == 2
+
+
+def test_predict_with_test_time_passes_writes_their_mean_and_records_them(run_dir, tmp_path):
+    t1 = save_oblique(tmp_path / "T1.nii.gz", brain_pair(seed=11)[0])
+    plain, mean = tmp_path / "plain.nii.gz", tmp_path / "mean.nii.gz"
+    predict_path(run_dir, t1, plain, device="cpu")
+    predict_path(run_dir, t1, mean, device="cpu", tta_passes=4)
+    a, b = nib.load(plain), nib.load(mean)
+    brain = nib.load(t1).get_fdata() != 0
+    values = b.get_fdata()
+    assert values.shape == a.shape and (values[~brain] == 0).all() and values.min() >= 0 and values.max() <= 1
+    assert np.abs(values - a.get_fdata())[brain].mean() > 1e-4  # a real network is not flip-invariant
+    assert json.loads(b.header.extensions[0].get_content())["test_time_passes"] == 4
+    assert "test_time_passes" not in json.loads(a.header.extensions[0].get_content())
+
+
+def test_a_dicom_series_of_averaged_passes_says_so(run_dir, dicom_input, tmp_path):
+    out = tmp_path / "synth_T2"
+    predict_path(run_dir, dicom_input, out, device="cpu", tta_passes=2)
+    assert all("mean of 2 test-time passes" in ds.DerivationDescription for ds in read_series(out))
+
+
 def test_spearman_matches_a_numpy_rank_correlation():
     rng = np.random.default_rng(4)
     x = rng.normal(size=500)
@@ -349,6 +412,7 @@ def test_bids_dataset_in_gives_a_valid_derivative_out(run_dir, tmp_path):
         assert sidecar["CheckpointSHA256"] == digest
         assert sidecar["SoftwareVersion"] == __version__ and sidecar["Model"] == "tiny_best.pth"
         assert sidecar["CorrectionWeight"] == 0.75  # a residual model: the share of its correction it added (the default)
+        assert "TestTimePasses" not in sidecar  # one plain pass
         assert nib.load(image.path).shape == nib.load(root / relative).shape
     assert description["DatasetLinks"]["raw"] == root.resolve().as_uri()
 
@@ -371,13 +435,14 @@ def test_cli_bids_flag_writes_the_derivative_and_refuses_a_folder_that_is_not_bi
     root = make_bids(tmp_path / "raw")
     out = tmp_path / "deriv"
     assert cli_main(["predict", str(run_dir), str(root), str(out), "--bids", "--device", "cpu",
-                     "--uncertainty", "--uncertainty-passes", "2"]) == 0  # fmt: skip
+                     "--uncertainty", "--uncertainty-passes", "2", "--tta", "2"]) == 0  # fmt: skip
     layout = bids.BIDSLayout(str(out), validate=False, is_derivative=True)
     synthetic = layout.get(desc="synthetic", suffix="T2w", extension=".nii.gz")
     assert len(synthetic) == 3
     for image in synthetic:
         spread = Path(image.path.replace("_T2w.nii.gz", "_T2w_uncertainty.nii.gz"))
         assert spread.is_file() and image.get_metadata()["UncertaintyMap"] == spread.name
+        assert image.get_metadata()["TestTimePasses"] == 2  # the image is the mean of two passes
         assert nib.load(spread).shape == nib.load(image.path).shape
     capsys.readouterr()
     plain = tmp_path / "plain"  # NIfTI files but no dataset_description.json

@@ -195,6 +195,17 @@ def test_uncertainty_options_that_would_do_nothing_are_refused(single, tmp_path,
     assert code == 2 and "--uncertainty-passes 4 does nothing without --uncertainty" in err, err
 
 
+def test_test_time_passes_out_of_range_are_refused_before_any_work(single, tmp_path, capsys):
+    source = write_tiny_head(tmp_path / "x_t1.nii.gz")
+    for passes in ("0", "35"):
+        err = _refused(["predict", str(single), str(source), str(tmp_path / "y.nii.gz"), "--tta", passes],
+                       capsys, tmp_path / "y.nii.gz")  # fmt: skip
+        assert f"--tta must be between 1 and 34, got {passes}" in err, err
+    code = cli_main(["test", str(single), "--tta", "0", "--device", "cpu"])  # `test` too
+    err = capsys.readouterr().err
+    assert code == 2 and "--tta must be between 1" in err, err
+
+
 # ------------------------------------------------------------------- names of checkpoints and cards
 
 

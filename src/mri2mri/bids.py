@@ -175,6 +175,8 @@ def sidecar(item: BidsInput, info: Any, checkpoint_sha256: str, uncertainty: str
     }  # fmt: skip
     if "correction_weight" in info.provenance:  # a residual model: how much of its correction it added
         payload["CorrectionWeight"] = info.provenance["correction_weight"]
+    if "test_time_passes" in info.provenance:  # the mean of that many passes (predict --tta)
+        payload["TestTimePasses"] = info.provenance["test_time_passes"]
     if uncertainty:
         payload["UncertaintyMap"] = uncertainty
     return payload
@@ -202,10 +204,11 @@ def predict_bids(
     uncertainty: bool = False,
     uncertainty_passes: int | None = None,
     correction_weight: float | None = None,
-    allow_synthetic_input: bool = False,
+    allow_synthetic_input: bool = False, tta_passes: int = 1,
 ) -> list[Path]:
     """Synthesise the target contrast of every source image of the BIDS dataset ``root`` into
     the derivative dataset ``out``; returns the files written (images, sidecars, description).
+    ``tta_passes`` (K > 1): each image is the mean of K test-time passes (``predict --tta``).
 
     Existing outputs are refused unless ``overwrite``, before any work; a bad input is reported
     and skipped, and a :class:`DataError` at the end says how many failed.
@@ -218,6 +221,7 @@ def predict_bids(
         load_model,
         predict_job,
         uncertainty_path,
+        with_tta,
     )
     from mri2mri.pretrained import resolve_model
 
@@ -232,6 +236,7 @@ def predict_bids(
     checkpoint = resolve_model(checkpoint)  # a ready-made model's name -> its verified weights
     weights = model_file(checkpoint)
     run, info = load_model(checkpoint, device=device, precision=precision, correction_weight=correction_weight)
+    info = with_tta(info, tta_passes)  # refuses a --tta out of range before any image is read
     if len(info.sources) > 1:
         raise DataError(f"{checkpoint}: a model of several sources ({info.source_name}) does not take a BIDS "
                         "dataset yet; give each subject folder, or --input CONTRAST=FILE for each")  # fmt: skip
@@ -256,7 +261,7 @@ def predict_bids(
     failures = list(skipped)
     for job, item in zip(jobs, items, strict=True):
         try:
-            files = predict_job(run, info, job, batch_size, passes, overwrite)
+            files = predict_job(run, info, job, batch_size, passes, overwrite, tta_passes=tta_passes)
         except DataError as error:
             failures.append(str(error))
             console.skipped(error)

@@ -188,7 +188,8 @@ def cmd_test(args: argparse.Namespace) -> int:
                            lang=args.lang, device=args.device, batch_size=args.batch_size,
                            progress=not args.quiet,
                            uncertainty_passes=check_uncertainty(args.uncertainty, args.uncertainty_passes),
-                           trained_on=args.trained_on, correction_weight=args.correction_weight)  # fmt: skip
+                           trained_on=args.trained_on, correction_weight=args.correction_weight,
+                           tta_passes=args.tta)  # fmt: skip
     console.say(json.dumps(metrics.get("summary", {}), indent=2))
     return 0
 
@@ -200,7 +201,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     options = dict(device=args.device, batch_size=args.batch_size, overwrite=args.overwrite,
                    precision=args.precision, uncertainty=args.uncertainty,
                    uncertainty_passes=args.uncertainty_passes, correction_weight=args.correction_weight,
-                   allow_synthetic_input=args.allow_synthetic_input)  # fmt: skip
+                   allow_synthetic_input=args.allow_synthetic_input, tta_passes=args.tta)  # fmt: skip
     extraction = dict(brain_extraction=args.brain_extraction, save_mask=args.save_mask)
     if args.contrast_inputs:  # --input CONTRAST=FILE ...: the one positional is OUTPUT
         from mri2mri.predict import parse_inputs
@@ -356,6 +357,12 @@ def _add_uncertainty(parser: argparse.ArgumentParser, what: str) -> None:
                         help="number of test-time passes for --uncertainty (default 8)")  # fmt: skip
 
 
+def _add_tta(parser: argparse.ArgumentParser, verb: str) -> None:
+    parser.add_argument("--tta", type=int, default=1, metavar="K",
+                        help=f"{verb} the mean of K test-time passes (flips and 1-2 pixel shifts, each undone): "
+                             "K times slower, slightly higher SSIM and PSNR; default 1, one plain pass")  # fmt: skip
+
+
 def _add_correction_weight(parser: argparse.ArgumentParser, verb: str) -> None:
     parser.add_argument("--correction-weight", type=float, default=None, metavar="W",
                         help=f"{verb} a residual generator with this share of its learned correction "
@@ -377,6 +384,7 @@ def _add_test(sub) -> None:
                     help="for a run folder without split.json: its split.json or the slice cache it trained "
                          "on, so that DATA is checked for training subjects")  # fmt: skip
     _add_correction_weight(te, "score")
+    _add_tta(te, "score")
     _add_common(te)
     te.set_defaults(func=cmd_test)
 
@@ -411,6 +419,7 @@ def _add_predict(sub) -> None:
                          "write a BIDS derivative dataset into OUTPUT, "
                          "sub-XX/[ses-YY/]anat/sub-XX[_ses-YY]_desc-synthetic_<T2w...>.nii.gz + JSON sidecars")  # fmt: skip
     _add_correction_weight(pr, "run")
+    _add_tta(pr, "write")
     _add_uncertainty(pr, "also write <output>_uncertainty.nii.gz: the voxelwise std over test-time passes "
                          "(horizontal flips and 1-2 pixel shifts); volumes only")  # fmt: skip
     pr.set_defaults(func=cmd_predict)

@@ -89,6 +89,7 @@ def evaluate_run(
     uncertainty_passes: int = 0,
     trained_on: Path | str | None = None,
     correction_weight: float | None = None,
+    tta_passes: int = 1,
 ) -> dict[str, Any]:
     """Score a run on its test split: metrics, baselines, figures and report.html.
 
@@ -101,11 +102,13 @@ def evaluate_run(
     cache the run trained on) for a run that has none; other data is not scored without one.
 
     ``correction_weight`` scores a residual generator with that share of its correction instead
-    of its configuration's (:func:`load_generator`).
+    of its configuration's (:func:`load_generator`). ``tta_passes`` (K > 1) scores the mean of
+    K test-time passes instead of the plain prediction (``test --tta K``).
     """
     from mri2mri.data.cache import SliceCache, is_cache
     from mri2mri.data.preprocess import ensure_cache
     from mri2mri.evaluation import evaluate
+    from mri2mri.options import check_tta
     from mri2mri.report import write_run_report
 
     if uncertainty_passes:
@@ -116,6 +119,7 @@ def evaluate_run(
         except ValueError as error:
             raise UserError(str(error)) from None
     check_int("--batch-size", batch_size, 1)
+    check_tta(tta_passes)
     run = Path(run)
     checkpoint = find_checkpoint(run, "best")
     run_dir = run if run.is_dir() else checkpoint.parent.parent
@@ -148,7 +152,7 @@ def evaluate_run(
     result = evaluate(make_predictor(G, runtime), cache, out, split="test", lang=lang,
                       batch_size=batch_size, model_name=config.model.generator,
                       exclude_subjects=trained or [], progress=progress,
-                      uncertainty_passes=uncertainty_passes)  # fmt: skip
+                      uncertainty_passes=uncertainty_passes, tta_passes=tta_passes)  # fmt: skip
     write_run_report(out if out_dir else run_dir, lang=lang)
     return result
 

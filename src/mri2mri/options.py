@@ -147,6 +147,16 @@ def check_run(config: RunConfig) -> None:
         raise ConfigError("--gan-loss wgan-gp needs --norm instance or none (batch norm mixes samples)")
 
 
+def check_tta(passes: int) -> int:
+    """The test-time passes ``--tta`` averages (1: the plain prediction); ConfigError out of range."""
+    from mri2mri.uncertainty import check_passes
+
+    try:
+        return check_passes(passes, "--tta", minimum=1)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
 def check_uncertainty(uncertainty: bool, passes: int | None) -> int:
     """The test-time passes ``--uncertainty`` runs (0 without it): ``passes``, or the default
     when not given. ConfigError for a number out of range, or for ``--uncertainty-passes``

@@ -1,4 +1,4 @@
-"""Voxelwise uncertainty of a synthetic image by test-time augmentation.
+"""Test-time augmentation: the voxelwise uncertainty of a synthetic image, and its average.
 
 The model is run K times on transformed copies of each slice (pass k: a horizontal flip when k
 is odd, and a shift by a pixel or two that grows with k; pass 0 is the plain input), every
@@ -9,6 +9,11 @@ voxels the model guesses at, which is where its errors concentrate (``mri2mri te
 --uncertainty`` measures how well it ranks them: the Spearman correlation between uncertainty
 and absolute error inside the brain).
 
+The mean of the same passes is a prediction of its own (``--tta K`` of ``test`` and ``predict``):
+averaging a model's views of one slice removes what it invents differently on each, which
+raised in-brain SSIM on every fold of the by-site benchmark (README, *Test-time averaging*), at K
+times the inference cost.
+
 Test-time augmentation needs nothing from the network, so it works the same for PyTorch
 checkpoints and exported ONNX models, and it is deterministic: the same input gives the same
 map. (MC dropout would need the network's dropout layers switched on, which an ONNX model
@@ -18,7 +23,7 @@ ONNX route.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -32,10 +37,11 @@ SHIFTS = ((0, 0), (1, 0), (0, 1), (-1, 0), (0, -1), (1, 1), (-1, -1), (1, -1), (
 MAX_PASSES = 2 * len(SHIFTS)
 
 
-def check_passes(passes: int) -> int:
-    """``passes`` when it is a usable number of test-time passes, else ValueError."""
-    if not 2 <= passes <= MAX_PASSES:
-        raise ValueError(f"--uncertainty-passes must be between 2 and {MAX_PASSES}, got {passes}")
+def check_passes(passes: int, option: str = "--uncertainty-passes", minimum: int = 2) -> int:
+    """``passes`` when it is a usable number of test-time passes for ``option`` (a spread needs
+    two; an average may be of one), else ValueError naming the option."""
+    if not minimum <= passes <= MAX_PASSES:
+        raise ValueError(f"{option} must be between {minimum} and {MAX_PASSES}, got {passes}")
     return passes
 
 
@@ -52,6 +58,26 @@ def untransform(batch: np.ndarray, k: int) -> np.ndarray:
     return np.roll(unflipped, (-dy, -dx), axis=(-2, -1))
 
 
+def tta_outputs(run: Runner, batch: np.ndarray, passes: int) -> Iterator[np.ndarray]:
+    """The (B, 1, H, W) float64 output of each of ``passes`` test-time passes over ``batch`` (in
+    the model's range [-1, 1]), transformed back and clipped to [-1, 1] as the prediction itself
+    is (NaN stays NaN, for the caller's finiteness check)."""
+    for k in range(passes):
+        view = np.ascontiguousarray(transform(batch, k), dtype=np.float32)
+        out = np.asarray(run(view), dtype=np.float64)[:, :1]
+        yield np.clip(untransform(out, k), -1.0, 1.0)
+
+
+def tta_mean(run: Runner, batch: np.ndarray, passes: int) -> np.ndarray:
+    """(B, 1, H, W) float32 mean over ``passes`` test-time passes, in the model's range [-1, 1]
+    (``passes`` 1 is the plain prediction, clipped)."""
+    check_passes(passes, "--tta", minimum=1)
+    total = None
+    for out in tta_outputs(run, batch, passes):
+        total = out if total is None else total + out
+    return (total / passes).astype(np.float32)
+
+
 def tta_std(run: Runner, batch: np.ndarray, passes: int = DEFAULT_PASSES) -> np.ndarray:
     """(B, 1, H, W) standard deviation over ``passes`` test-time passes, on the unit scale.
 
@@ -61,10 +87,8 @@ def tta_std(run: Runner, batch: np.ndarray, passes: int = DEFAULT_PASSES) -> np.
     check_passes(passes)
     total = None
     total_sq = None
-    for k in range(passes):
-        view = np.ascontiguousarray(transform(batch, k), dtype=np.float32)
-        out = np.asarray(run(view), dtype=np.float64)[:, :1]
-        out = np.clip((untransform(out, k) + 1.0) * 0.5, 0.0, 1.0)
+    for out in tta_outputs(run, batch, passes):
+        out = (out + 1.0) * 0.5
         total = out if total is None else total + out
         total_sq = out * out if total_sq is None else total_sq + out * out
     mean = total / passes

@@ -94,8 +94,12 @@ def evaluate(
     exclude_subjects: Iterable[str] = (),
     progress: bool = True,
     uncertainty_passes: int = 0,
+    tta_passes: int = 1,
 ) -> dict[str, Any]:
     """Score ``predict`` and the baselines on ``split`` of ``cache``; write results to ``out_dir``.
+
+    With ``tta_passes`` (K > 1) the model's prediction is the mean of K test-time passes
+    (:func:`mri2mri.uncertainty.tta_mean`); the payload's protocol records K.
 
     With ``uncertainty_passes`` (K >= 2) the model also runs K test-time passes per slice
     (:mod:`mri2mri.uncertainty`) and the payload reports, per subject, the Spearman correlation
@@ -117,7 +121,7 @@ def evaluate(
     bar = console.progress(total=count_batches(records, batch_size), desc=f"evaluate {split}",
                            unit="batch", enabled=progress)  # fmt: skip
     for batch in score_batches(predict, cache, records, baselines, batch_size=batch_size,
-                               uncertainty_passes=uncertainty_passes):  # fmt: skip
+                               uncertainty_passes=uncertainty_passes, tta_passes=tta_passes):  # fmt: skip
         tally.add(batch)
         kept.add(batch)
         bar.update(1)
@@ -125,6 +129,7 @@ def evaluate(
 
     result = metrics_payload(tally, cache, baselines, split=split, lang=lang, model_name=model_name,
                              uncertainty_passes=uncertainty_passes)  # fmt: skip
+    result["protocol"]["test_time_passes"] = tta_passes  # 1: the plain prediction
     for line in result["warnings"]:
         console.warn(line)
     write_outputs(folder, result, kept, contrast_names(cache), lang, uncertainty_passes)

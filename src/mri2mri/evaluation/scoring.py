@@ -31,7 +31,7 @@ from mri2mri.metrics import (
     squared_error_sum,
 )
 from mri2mri.runfolder import RunFolder
-from mri2mri.uncertainty import tta_std
+from mri2mri.uncertainty import tta_mean, tta_std
 
 Predict = Callable[[torch.Tensor], torch.Tensor]
 
@@ -134,12 +134,14 @@ def score_batches(
     *,
     batch_size: int = 16,
     uncertainty_passes: int = 0,
+    tta_passes: int = 1,
 ) -> Iterator[ScoredBatch]:
-    """Every slice of ``records``, ``batch_size`` at a time (a batch never spans two subjects)."""
+    """Every slice of ``records``, ``batch_size`` at a time (a batch never spans two subjects);
+    the model's prediction is the mean of ``tta_passes`` test-time passes (1: the plain one)."""
     for record in records:
         start, stop = record.rows
         chunks = [range(b, min(stop, b + batch_size)) for b in range(start, stop, batch_size)]
-        generated = [_generate(predict, _Slices.read(cache, rows)) for rows in chunks]
+        generated = [_generate(predict, _Slices.read(cache, rows), tta_passes) for rows in chunks]
         volume = _Volume.measure(cache, chunks, generated, baselines)
         for rows, raw in zip(chunks, generated, strict=True):
             yield _score(predict, cache, record, rows, raw, volume, baselines, uncertainty_passes)
@@ -173,10 +175,15 @@ class _Slices:
         return {"model": model, **baselines.predict(self.source.double())}
 
 
-def _generate(predict: Predict, slices: _Slices) -> torch.Tensor:
-    """The model's raw output for the slices, on the CPU, in the dtype it came in."""
-    with torch.no_grad():
-        generated = predict(to_model_range(slices.source))
+def _generate(predict: Predict, slices: _Slices, tta_passes: int = 1) -> torch.Tensor:
+    """The model's raw output for the slices, on the CPU, in the dtype it came in; with
+    ``tta_passes`` > 1 the mean of that many test-time passes (float32, clipped to [-1, 1])."""
+    if tta_passes > 1:
+        generated = torch.from_numpy(tta_mean(_numpy_runner(predict), to_model_range(slices.source).numpy(),
+                                              tta_passes))  # fmt: skip
+    else:
+        with torch.no_grad():
+            generated = predict(to_model_range(slices.source))
     if tuple(generated.shape) != tuple(slices.target_array.shape):
         raise ValueError(f"predict returned {tuple(generated.shape)} for targets {tuple(slices.target_array.shape)}")
     return generated.detach().to("cpu")
@@ -234,9 +241,14 @@ def _score(predict: Predict, cache: SliceCache, record: SubjectRecord, rows: ran
 
 def _uncertainty(predict: Predict, source: torch.Tensor, passes: int) -> np.ndarray:
     """(B, 1, H, W) std of the model's output over ``passes`` test-time passes, unit scale."""
+    return tta_std(_numpy_runner(predict), to_model_range(source).numpy(), passes)
+
+
+def _numpy_runner(predict: Predict) -> Callable[[np.ndarray], np.ndarray]:
+    """``predict`` as :mod:`mri2mri.uncertainty` runs it: NumPy float32 in and out, on the CPU."""
 
     def run(batch: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return predict(torch.from_numpy(batch)).detach().to("cpu", torch.float32).numpy()
 
-    return tta_std(run, to_model_range(source).numpy(), passes)
+    return run

@@ -48,7 +48,7 @@ from pathlib import Path
 from mri2mri import console
 from mri2mri.config import check_int
 from mri2mri.errors import ConfigError, DataError
-from mri2mri.options import PREDICT_PRECISION, check_uncertainty
+from mri2mri.options import PREDICT_PRECISION, check_tta, check_uncertainty
 from mri2mri.predict.jobs import (
     OUTPUT_FORMATS,
     Job,
@@ -119,7 +119,7 @@ def predict_path(
     register: bool = False,
     correction_weight: float | None = None,
     allow_synthetic_input: bool = False,
-    brain_extraction: str | None = None, save_mask: bool = False,
+    brain_extraction: str | None = None, save_mask: bool = False, tta_passes: int = 1,
 ) -> list[Path]:
     """Synthesise every input and return the files written (see the module docstring).
 
@@ -135,7 +135,8 @@ def predict_path(
     series for every volume (see :mod:`mri2mri.data.dicom_out`). With ``uncertainty`` every
     volume also gets ``<output>_uncertainty.nii.gz``: the voxelwise standard deviation over
     ``uncertainty_passes`` test-time passes (default 8; :mod:`mri2mri.uncertainty`); passes
-    without ``uncertainty``, and ``uncertainty`` for a 2D image, are a ConfigError.
+    without ``uncertainty``, and ``uncertainty`` for a 2D image, are a ConfigError. Each output
+    is the mean of ``tta_passes`` such passes (1: the plain prediction), said in its provenance.
 
     An input marked synthetic is refused (left out of a batch, with a note) unless
     ``allow_synthetic_input``; so are two contrasts that are one file or hold identical voxels.
@@ -150,7 +151,7 @@ def predict_path(
     never leaves a partial output. In batch mode a bad input is reported and skipped, and a
     :class:`DataError` at the end says how many failed.
     """
-    passes = _check_options(batch_size, output_format, uncertainty, uncertainty_passes)
+    passes = _check_options(batch_size, output_format, uncertainty, uncertainty_passes, tta_passes)
     plan = dict(overwrite=overwrite, output_format=output_format, uncertainty=uncertainty,
                 allow_synthetic=allow_synthetic_input)  # fmt: skip
     skipped: list[str] = []  # subjects of a batch left out before any work
@@ -166,29 +167,28 @@ def predict_path(
                                      inputs=inputs, problems=skipped, **plan)  # fmt: skip
         else:
             jobs = plan_jobs(Path(source), Path(output), **plan)
-    info = info if brain_extraction is None else with_brain_extraction(info, brain_extraction)
+    info = with_tta(info if brain_extraction is None else with_brain_extraction(info, brain_extraction), tta_passes)
     jobs = with_masks(jobs, overwrite) if save_mask else jobs
     written: list[Path] = []
     failures: list[str] = list(skipped)
     for job in jobs:
         try:
-            written.extend(predict_job(run, info, job, batch_size, passes, overwrite, register))
+            written.extend(predict_job(run, info, job, batch_size, passes, overwrite, register, tta_passes))
         except DataError as error:
             if len(jobs) == 1 and not skipped:
                 raise
             failures.append(str(error))
             console.skipped(error)
     if failures:
-        raise DataError(
-            f"{source}: {len(failures)} of {len(jobs) + len(skipped)} inputs failed (first: {failures[0]})"
-        )
+        raise DataError(f"{source}: {len(failures)} of {len(jobs) + len(skipped)} inputs failed (first: {failures[0]})")
     return written
 
 
-def _check_options(batch_size: int, output_format: str, uncertainty: bool, passes: int | None) -> int:
+def _check_options(batch_size: int, output_format: str, uncertainty: bool, passes: int | None, tta: int) -> int:
     """The options of :func:`predict_path` checked before any file is read; the test-time
-    passes to run (:func:`~mri2mri.options.check_uncertainty`)."""
+    passes the uncertainty runs (:func:`~mri2mri.options.check_uncertainty`)."""
     check_int("--batch-size", batch_size, 1)
+    check_tta(tta)
     if output_format not in OUTPUT_FORMATS:
         raise ConfigError(f"unknown --output-format {output_format!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
     return check_uncertainty(uncertainty, passes)
@@ -196,15 +196,16 @@ def _check_options(batch_size: int, output_format: str, uncertainty: bool, passe
 
 def predict_job(
     run: Runner, info: ModelInfo, job: Job, batch_size: int, passes: int = 8, overwrite: bool = False,
-    register: bool = False,
+    register: bool = False, tta_passes: int = 1,
 ) -> list[Path]:
-    """Synthesise one planned job and write its outputs; the files written."""
+    """Synthesise one planned job and write its outputs; the files written. ``passes`` are the
+    uncertainty's, ``tta_passes`` those the prediction averages."""
     if job.kind == "image":
-        image01 = predict_image(run, info, job.source, batch_size=batch_size)
+        image01 = predict_image(run, info, job.source, batch_size=batch_size, tta_passes=tta_passes)
         return [write_image_16bit(job.output, image01, overwrite=overwrite)]
     result = predict_volume_full(
         run, info, job.source, batch_size=batch_size, uncertainty_passes=passes if job.uncertainty else 0,
-        others=job.sources[1:], register=register,
+        others=job.sources[1:], register=register, tta_passes=tta_passes,
     )
     data, affine, steps = result.data, result.affine, result.preparation
     if job.output_format == "dicom":
@@ -219,6 +220,15 @@ def predict_job(
         written.append(write_mask_nifti(job.mask, result.mask, affine, info, source=job.source,
                                         preparation=steps, overwrite=overwrite))  # fmt: skip
     return written
+
+
+def with_tta(info: ModelInfo, passes: int) -> ModelInfo:
+    """``info`` whose provenance records the test-time passes each prediction averages (when
+    more than one), so that every output says how it was made; ConfigError out of range."""
+    from dataclasses import replace
+
+    check_tta(passes)
+    return info if passes == 1 else replace(info, provenance={**info.provenance, "test_time_passes": passes})
 
 
 def with_brain_extraction(info: ModelInfo, method: str) -> ModelInfo:

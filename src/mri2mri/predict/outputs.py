@@ -95,8 +95,10 @@ def write_synthetic_dicom(
     mirroring the input series slice for slice when ``source`` is a DICOM folder."""
     from mri2mri.data.dicom_out import SeriesInfo, write_dicom_series
 
+    passes = info.provenance.get("test_time_passes")  # predict --tta: said in DerivationDescription
+    averaged = f", mean of {passes} test-time passes" if passes else ""
     series = SeriesInfo(target=info.data.target, source=info.source_name,
-                        model=f"{info.name} ({info.config.model.generator}, {info.kind})",
+                        model=f"{info.name} ({info.config.model.generator}, {info.kind}{averaged})",
                         software_version=__version__)  # fmt: skip
     return write_dicom_series(folder, data, affine, series, overwrite=overwrite,
                               source_folder=source if Path(source).is_dir() else None)  # fmt: skip

@@ -23,15 +23,19 @@ from mri2mri.errors import ConfigError, DataError
 from mri2mri.predict.model import ContrastWarning, ModelInfo, Runner
 
 
-def synthesise(run: Runner, prepared: portable.PreparedInput, batch_size: int) -> np.ndarray:
-    """(n, 1, S, S) predictions in [0, 1]; slices without brain are not run and stay 0."""
+def synthesise(run: Runner, prepared: portable.PreparedInput, batch_size: int, tta_passes: int = 1) -> np.ndarray:
+    """(n, 1, S, S) predictions in [0, 1]; slices without brain are not run and stay 0. With
+    ``tta_passes`` > 1 each is the mean of that many test-time passes (:func:`tta_mean`)."""
+    from mri2mri.uncertainty import tta_mean
+
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     out = np.zeros((prepared.slices.shape[0], 1, *prepared.slices.shape[2:]), dtype=np.float32)
     rows = np.flatnonzero(prepared.mask.reshape(prepared.mask.shape[0], -1).any(axis=1))
     for start in range(0, rows.size, batch_size):
         chunk = rows[start : start + batch_size]
-        prediction = run(prepared.slices[chunk] * 2.0 - 1.0)  # [0, 1] -> the model's [-1, 1]
+        batch = prepared.slices[chunk] * 2.0 - 1.0  # [0, 1] -> the model's [-1, 1]
+        prediction = tta_mean(run, batch, tta_passes) if tta_passes > 1 else run(batch)
         prediction = np.asarray(prediction, dtype=np.float32)[:, :1]
         portable.check_finite_output(prediction)  # np.clip below would keep NaN as NaN
         out[chunk] = (prediction + 1.0) * 0.5
@@ -119,10 +123,11 @@ def predict_volume_maps(
 
 def predict_volume_full(
     run: Runner, info: ModelInfo, path: Path, *, batch_size: int = 16, uncertainty_passes: int = 0,
-    others: Sequence[Path] = (), register: bool = False,
+    others: Sequence[Path] = (), register: bool = False, tta_passes: int = 1,
 ) -> VolumePrediction:
     """The synthetic volume on the grid of ``path``, its brain mask, and the voxelwise
-    uncertainty over ``uncertainty_passes`` test-time passes (None when that is 0).
+    uncertainty over ``uncertainty_passes`` test-time passes (None when that is 0). The volume
+    is the mean of ``tta_passes`` test-time passes (1: the plain prediction).
 
     The first source is resampled in-plane to the spacing the model trained at when it has
     another (:mod:`mri2mri.data.resolution`; the result comes back onto its own grid). ``others``
@@ -152,7 +157,7 @@ def predict_volume_full(
     steps.extend(_preparation_steps(prepared, info))
     _check_channels(prepared, info, path)
     _warn_contrast(prepared, info, (path, *others), [has_zero_background(v.data) for v in (volume, *volumes)])
-    data, mask = _on_input_grid(synthesise(run, prepared, batch_size), prepared, grid, volume, path)
+    data, mask = _on_input_grid(synthesise(run, prepared, batch_size, tta_passes), prepared, grid, volume, path)
     uncertainty = None
     if uncertainty_passes:
         spread = synthesise_uncertainty(run, prepared, batch_size, uncertainty_passes)
@@ -226,10 +231,11 @@ def _on_input_grid(
     return data.astype(np.float32), volume.to_original(mask)
 
 
-def predict_image(run: Runner, info: ModelInfo, path: Path, *, batch_size: int = 16) -> np.ndarray:
-    """The synthetic (H, W) image in [0, 1] for a PNG/TIFF source image."""
+def predict_image(run: Runner, info: ModelInfo, path: Path, *, batch_size: int = 16, tta_passes: int = 1) -> np.ndarray:
+    """The synthetic (H, W) image in [0, 1] for a PNG/TIFF source image (the mean of
+    ``tta_passes`` test-time passes)."""
     prepared = portable.prepare_image(read_image_2d(path), info.data, str(path))
     _check_channels(prepared, info, path)
     _warn_contrast(prepared, info)
-    predicted = synthesise(run, prepared, batch_size)
+    predicted = synthesise(run, prepared, batch_size, tta_passes)
     return portable.masked(square_to_planes(predicted, prepared.geometry)[0, 0], prepared.full_mask)
