@@ -1,4 +1,5 @@
-"""What the throughput benchmarks share: machine description, interleaved timing, JSON, tables.
+"""What the benchmarks share: machine description, interleaved timing, JSON, tables, and the
+finished runs of an ``ablation.py`` output that the re-scoring scripts read.
 
 Timing is interleaved: each round runs every variant for a few steps, in an order that
 alternates between rounds, so that load from other users of a shared machine falls on all
@@ -22,9 +23,24 @@ import torch
 
 from mri2mri.config import ModelConfig, TrainConfig
 from mri2mri.models import GENERATORS, minimum_image_size
+from mri2mri.runfolder import RunFolder
 from mri2mri.runtime import resolve_precision
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def finished_runs(root: Path, configs: list[str]) -> list[tuple[str, Path, Path]]:
+    """``(fold, run, fold cache)`` of every finished run of ``configs`` under an ``ablation.py``
+    output's ``real/`` (or ``real/source-...``) folder, fold by fold."""
+    found = []
+    for cache in sorted(root.glob("fold-*")):
+        fold = cache.name.removeprefix("fold-")
+        for config in configs:
+            # "-s<seed>": the glob "-s*" would also take "t1-t1c-flair-ssim-s1" for "t1-t1c-flair".
+            for run in sorted((root / f"runs-{fold}").glob(f"{config}-s[0-9]*")):
+                if RunFolder(run).metrics.is_file():
+                    found.append((fold, run, cache))
+    return found
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, seconds_per_generator: float | None) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import RESULTS
+from _common import RESULTS, finished_runs
 
 from mri2mri.data.cache import SliceCache
 from mri2mri.data.dataset import to_model_range, to_unit_range
@@ -116,18 +116,12 @@ def main() -> None:
     torch.manual_seed(0)
     weights = tuple(args.weights)
     results = {"runs": str(args.runs), "config": args.config, "weights": list(weights), "folds": {}}
-    for fold in sorted(args.runs.glob("fold-*")):
-        held_out = fold.name.removeprefix("fold-")  # a fold's name
-        cache = SliceCache(fold)
-        # "-s<seed>": the glob "-s*" would also take "t1-t1c-flair-ssim-s1" for "t1-t1c-flair".
-        for run in sorted((args.runs / f"runs-{held_out}").glob(f"{args.config}-s[0-9]*")):
-            if not RunFolder(run).metrics.is_file():
-                continue  # not finished
-            scores = score_run(run, cache, weights)
-            results["folds"].setdefault(held_out, {})[run.name] = scores
-            best = max(weights, key=lambda w: scores[f"{w:g}"]["psnr_mask"])
-            print(f"{held_out} {run.name}: w=1 {scores['1']['psnr_mask']:.2f} dB, "
-                  f"best w={best:g} {scores[f'{best:g}']['psnr_mask']:.2f} dB", flush=True)  # fmt: skip
+    for held_out, run, fold in finished_runs(args.runs, [args.config]):
+        scores = score_run(run, SliceCache(fold), weights)
+        results["folds"].setdefault(held_out, {})[run.name] = scores
+        best = max(weights, key=lambda w: scores[f"{w:g}"]["psnr_mask"])
+        print(f"{held_out} {run.name}: w=1 {scores['1']['psnr_mask']:.2f} dB, "
+              f"best w={best:g} {scores[f'{best:g}']['psnr_mask']:.2f} dB", flush=True)  # fmt: skip
     if not results["folds"]:
         raise SystemExit(f"{args.runs}: no finished runs of {args.config!r}")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -19,10 +19,9 @@ import statistics
 import time
 from pathlib import Path
 
-from _common import RESULTS
+from _common import RESULTS, finished_runs
 
 from mri2mri.inference import evaluate_run
-from mri2mri.runfolder import RunFolder
 
 METRICS = ("psnr_mask", "ssim_mask", "psnr_mask_window", "ssim_mask_window")
 HISTOGRAM = "histogram_w1"
@@ -36,19 +35,6 @@ def score(run: Path, cache: Path, passes: int, scratch: Path) -> dict[str, float
     seconds = time.perf_counter() - start
     scores = {m: payload["pooled"]["model"][m]["mean"] for m in METRICS}
     return {**scores, HISTOGRAM: payload[HISTOGRAM]["model"]["mean"], "seconds": seconds}
-
-
-def finished_runs(root: Path, configs: list[str]) -> list[tuple[str, Path, Path]]:
-    """``(fold, run, fold cache)`` of every finished run of ``configs`` under an ablation output."""
-    found = []
-    for cache in sorted(root.glob("fold-*")):
-        fold = cache.name.removeprefix("fold-")
-        for config in configs:
-            # "-s<seed>": the glob "-s*" would also take "t1-t1c-flair-ssim-s1" for "t1-t1c-flair".
-            for run in sorted((root / f"runs-{fold}").glob(f"{config}-s[0-9]*")):
-                if RunFolder(run).metrics.is_file():
-                    found.append((fold, run, cache))
-    return found
 
 
 def changes(results: list[dict], passes: int, metric: str) -> dict[str, float]:
