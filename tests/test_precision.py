@@ -178,6 +178,17 @@ def test_an_explicit_precision_is_kept_and_described_as_itself(monkeypatch):
         runtime_module.resolve_precision("fp64", torch.device("cpu"))
 
 
+@pytest.mark.parametrize(("native", "precision", "epochs"),
+                         [(True, "auto", 30), (False, "auto", 15), (True, "fp32", 15), (True, "bf16", 30)])
+def test_the_demo_trains_half_the_epochs_where_a_cpu_trains_in_fp32(monkeypatch, native, precision, epochs):
+    # fp32 trains about half as fast as native bf16 on 2 cores: 30 epochs would take the demo
+    # past ten minutes there (13 min of training alone).
+    from mri2mri import runtime as runtime_module
+
+    monkeypatch.setattr(runtime_module, "cpu_has_fast_bf16", lambda: native)
+    assert runtime_module.demo_cpu_epochs(precision) == epochs
+
+
 def test_a_runtime_holds_a_resolved_precision():
     with pytest.raises(ValueError, match="resolved precision"):
         Runtime(device=torch.device("cpu"), precision="auto")

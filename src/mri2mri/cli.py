@@ -268,16 +268,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from mri2mri.data.phantom import write_phantom
     from mri2mri.data.preprocess import prepare
     from mri2mri.inference import evaluate_run
+    from mri2mri.runtime import demo_cpu_epochs
     from mri2mri.training import train
 
     started = time.perf_counter()
     out = Path(args.out)
     on_gpu = torch.cuda.is_available() and args.device in ("auto", "cuda")
-    # Sized to finish in minutes on 2 CPU cores; full resolution where a GPU is present.
+    # Under ten minutes on 2 CPU cores (fewer epochs where they train in fp32); 256 px on a GPU.
     image_size = args.image_size if args.image_size is not None else (256 if on_gpu else 128)
-    epochs = args.epochs or (60 if on_gpu else 30)
     args.image_size = image_size
-    args.epochs = epochs
+    args.epochs = epochs = args.epochs or (60 if on_gpu else demo_cpu_epochs(args.precision))
     config = config_from_args(args, image_size)
     check_run(config)
     data_dir = out / "phantom"
