@@ -21,7 +21,15 @@ from mri2mri.cli import main as cli_main
 from mri2mri.data.io import read_volume
 from mri2mri.errors import DataError
 from mri2mri.predict import file_sha256, predict_path
-from mri2mri.uncertainty import MAX_PASSES, spearman, transform, tta_mean, tta_std, untransform
+from mri2mri.uncertainty import (
+    MAX_PASSES,
+    spearman,
+    transform,
+    tta_mean,
+    tta_mean_std,
+    tta_std,
+    untransform,
+)
 
 PATIENT = {"PatientName": "DOE^JANE", "PatientID": "P-0042", "PatientBirthDate": "19700101",
            "PatientSex": "F", "StudyDate": "20240102", "AccessionNumber": "ACC7"}  # fmt: skip
@@ -222,6 +230,61 @@ def test_the_test_time_mean_averages_what_each_pass_adds_back_on_the_input_grid(
     assert tta_mean(lambda x: 3 * x[:, :1], batch, 4).max() <= 1.0
     with pytest.raises(ValueError, match="--tta must be between 1"):
         tta_mean(leaning, batch, 0)
+
+
+def test_the_mean_and_the_spread_of_the_same_passes_run_the_network_once_a_pass():
+    batch = np.random.default_rng(3).uniform(-1, 1, size=(2, 3, 16, 16)).astype(np.float32)
+    calls = []
+
+    def leaning(x):
+        calls.append(len(x))
+        return np.tanh(2 * x[:, 1:2]) * np.linspace(0, 1, x.shape[-1])
+
+    for mean_passes, std_passes in ((8, 8), (4, 8), (8, 3)):
+        calls.clear()
+        mean, spread = tta_mean_std(leaning, batch, mean_passes, std_passes)
+        assert len(calls) == max(mean_passes, std_passes)
+        np.testing.assert_allclose(mean, tta_mean(leaning, batch, mean_passes), atol=1e-7)
+        np.testing.assert_allclose(spread, tta_std(leaning, batch, std_passes), atol=1e-7)
+    assert tta_mean_std(leaning, batch, 2)[1] is None
+    with pytest.raises(ValueError, match="--uncertainty-passes must be between 2"):
+        tta_mean_std(leaning, batch, 2, 1)
+    # predict's volume path: the averaged volume and its uncertainty map from one set of passes.
+    from mri2mri.portable import PreparedInput
+    from mri2mri.predict.synthesis import synthesise, synthesise_maps, synthesise_uncertainty
+
+    unit = (batch + 1) / 2
+    mask = np.ones((2, 1, 16, 16), dtype=bool)
+    prepared = PreparedInput(unit, mask, mask[:, 0], np.arange(2), {"grid_file": "x.nii"}, {})
+    calls.clear()
+    mean, spread = synthesise_maps(leaning, prepared, 16, tta_passes=8, uncertainty_passes=8)
+    assert len(calls) == 8
+    np.testing.assert_allclose(mean, synthesise(leaning, prepared, 16, tta_passes=8), atol=1e-6)
+    np.testing.assert_allclose(spread, synthesise_uncertainty(leaning, prepared, 16, 8), atol=1e-6)
+
+
+def test_test_with_averaged_passes_and_uncertainty_runs_each_pass_once(tmp_path):
+    from conftest import write_tiny_cache
+
+    from mri2mri.evaluation import evaluate
+
+    slices, size = 4, 32
+    cache = write_tiny_cache(tmp_path / "cache", size=size, slices=slices,
+                             splits=("train", "val", "test", "test"))  # fmt: skip
+    calls = []
+
+    def model(source: torch.Tensor) -> torch.Tensor:
+        calls.append(len(source))
+        return source[:, :1] * torch.linspace(0, 1, source.shape[-1])
+
+    result = evaluate(model, cache, tmp_path / "eval", progress=False, uncertainty_passes=8, tta_passes=8)
+    # Two test subjects, one batch each: the mean and the spread from the same 8 passes (16
+    # calls in all; the spread's own passes on top of the mean's would make 32).
+    assert calls == [slices] * 16
+    assert result["protocol"]["test_time_passes"] == 8 and result["uncertainty"]["passes"] == 8
+    assert sorted(result["uncertainty"]["per_subject"]) == ["sub-02", "sub-03"]
+    for entry in result["uncertainty"]["per_subject"].values():
+        assert entry["n_voxels"] == slices * size * size and np.isfinite(entry["spearman"])
 
 
 def test_evaluate_with_test_time_passes_scores_their_mean_and_says_so(tmp_path):

@@ -71,11 +71,7 @@ def tta_outputs(run: Runner, batch: np.ndarray, passes: int) -> Iterator[np.ndar
 def tta_mean(run: Runner, batch: np.ndarray, passes: int) -> np.ndarray:
     """(B, 1, H, W) float32 mean over ``passes`` test-time passes, in the model's range [-1, 1]
     (``passes`` 1 is the plain prediction, clipped)."""
-    check_passes(passes, "--tta", minimum=1)
-    total = None
-    for out in tta_outputs(run, batch, passes):
-        total = out if total is None else total + out
-    return (total / passes).astype(np.float32)
+    return tta_mean_std(run, batch, passes)[0]
 
 
 def tta_std(run: Runner, batch: np.ndarray, passes: int = DEFAULT_PASSES) -> np.ndarray:
@@ -85,15 +81,32 @@ def tta_std(run: Runner, batch: np.ndarray, passes: int = DEFAULT_PASSES) -> np.
     as the prediction itself is.
     """
     check_passes(passes)
-    total = None
-    total_sq = None
-    for out in tta_outputs(run, batch, passes):
-        out = (out + 1.0) * 0.5
-        total = out if total is None else total + out
-        total_sq = out * out if total_sq is None else total_sq + out * out
-    mean = total / passes
-    variance = np.maximum(total_sq / passes - mean * mean, 0.0)
-    return np.sqrt(variance).astype(np.float32)
+    return tta_mean_std(run, batch, 1, passes)[1]
+
+
+def tta_mean_std(run: Runner, batch: np.ndarray, mean_passes: int,
+                 std_passes: int = 0) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
+    """``(mean, std)``: :func:`tta_mean` over the first ``mean_passes`` passes and :func:`tta_std`
+    over the first ``std_passes`` (None when 0), from one run of as many passes as the larger
+    asks for. Pass k is the same view for both, so ``--tta 8 --uncertainty`` runs the network 8
+    times a slice, not 16."""
+    check_passes(mean_passes, "--tta", minimum=1)
+    if std_passes:
+        check_passes(std_passes)
+    total = total_unit = total_sq = None
+    for k, out in enumerate(tta_outputs(run, batch, max(mean_passes, std_passes))):
+        if k < mean_passes:
+            total = out if total is None else total + out
+        if k < std_passes:
+            unit = (out + 1.0) * 0.5
+            total_unit = unit if total_unit is None else total_unit + unit
+            total_sq = unit * unit if total_sq is None else total_sq + unit * unit
+    mean = (total / mean_passes).astype(np.float32)
+    if not std_passes:
+        return mean, None
+    unit_mean = total_unit / std_passes
+    variance = np.maximum(total_sq / std_passes - unit_mean * unit_mean, 0.0)
+    return mean, np.sqrt(variance).astype(np.float32)
 
 
 def spearman(uncertainty: np.ndarray, error: np.ndarray) -> float:

@@ -31,7 +31,7 @@ from mri2mri.metrics import (
     squared_error_sum,
 )
 from mri2mri.runfolder import RunFolder
-from mri2mri.uncertainty import tta_mean, tta_std
+from mri2mri.uncertainty import tta_mean_std, tta_std
 
 Predict = Callable[[torch.Tensor], torch.Tensor]
 
@@ -141,10 +141,11 @@ def score_batches(
     for record in records:
         start, stop = record.rows
         chunks = [range(b, min(stop, b + batch_size)) for b in range(start, stop, batch_size)]
-        generated = [_generate(predict, _Slices.read(cache, rows), tta_passes) for rows in chunks]
-        volume = _Volume.measure(cache, chunks, generated, baselines)
-        for rows, raw in zip(chunks, generated, strict=True):
-            yield _score(predict, cache, record, rows, raw, volume, baselines, uncertainty_passes)
+        generated = [_generate(predict, _Slices.read(cache, rows), tta_passes, uncertainty_passes)
+                     for rows in chunks]  # fmt: skip
+        volume = _Volume.measure(cache, chunks, [raw for raw, _ in generated], baselines)
+        for rows, (raw, spread) in zip(chunks, generated, strict=True):
+            yield _score(cache, record, rows, raw, spread, volume, baselines)
 
 
 @dataclass(frozen=True)
@@ -175,18 +176,25 @@ class _Slices:
         return {"model": model, **baselines.predict(self.source.double())}
 
 
-def _generate(predict: Predict, slices: _Slices, tta_passes: int = 1) -> torch.Tensor:
+def _generate(predict: Predict, slices: _Slices, tta_passes: int = 1,
+              uncertainty_passes: int = 0) -> tuple[torch.Tensor, np.ndarray | None]:  # fmt: skip
     """The model's raw output for the slices, on the CPU, in the dtype it came in; with
-    ``tta_passes`` > 1 the mean of that many test-time passes (float32, clipped to [-1, 1])."""
+    ``tta_passes`` > 1 the mean of that many test-time passes (float32, clipped to [-1, 1]).
+    Second, with ``uncertainty_passes``, the (B, 1, H, W) std over that many passes on the unit
+    scale (None without): from the same passes as the mean when there are several."""
+    spread = None
     if tta_passes > 1:
-        generated = torch.from_numpy(tta_mean(_numpy_runner(predict), to_model_range(slices.source).numpy(),
-                                              tta_passes))  # fmt: skip
+        mean, spread = tta_mean_std(_numpy_runner(predict), to_model_range(slices.source).numpy(),
+                                    tta_passes, uncertainty_passes)  # fmt: skip
+        generated = torch.from_numpy(mean)
     else:
         with torch.no_grad():
             generated = predict(to_model_range(slices.source))
+        if uncertainty_passes:
+            spread = tta_std(_numpy_runner(predict), to_model_range(slices.source).numpy(), uncertainty_passes)
     if tuple(generated.shape) != tuple(slices.target_array.shape):
         raise ValueError(f"predict returned {tuple(generated.shape)} for targets {tuple(slices.target_array.shape)}")
-    return generated.detach().to("cpu")
+    return generated.detach().to("cpu"), spread
 
 
 @dataclass(frozen=True)
@@ -216,12 +224,11 @@ class _Volume:
         )  # fmt: skip
 
 
-def _score(predict: Predict, cache: SliceCache, record: SubjectRecord, rows: range, generated: torch.Tensor,
-           volume: _Volume, baselines: Baselines, uncertainty_passes: int) -> ScoredBatch:  # fmt: skip
+def _score(cache: SliceCache, record: SubjectRecord, rows: range, generated: torch.Tensor,
+           spread: np.ndarray | None, volume: _Volume, baselines: Baselines) -> ScoredBatch:  # fmt: skip
     slices = _Slices.read(cache, rows)
     target, mask = slices.target, slices.mask
     outputs = slices.outputs(generated, baselines)
-    spread = _uncertainty(predict, slices.source, uncertainty_passes) if uncertainty_passes else None
 
     def scored(method: str, prediction: torch.Tensor) -> dict[str, list[float]]:
         windows = (volume.windows[method], volume.windows["target"])
@@ -237,11 +244,6 @@ def _score(predict: Predict, cache: SliceCache, record: SubjectRecord, rows: ran
         volume_values={method: {HISTOGRAM_METRIC: volume.histogram[method]} for method in outputs},
         non_finite=int((~torch.isfinite(generated)).sum()), spread=spread,
     )  # fmt: skip
-
-
-def _uncertainty(predict: Predict, source: torch.Tensor, passes: int) -> np.ndarray:
-    """(B, 1, H, W) std of the model's output over ``passes`` test-time passes, unit scale."""
-    return tta_std(_numpy_runner(predict), to_model_range(source).numpy(), passes)
 
 
 def _numpy_runner(predict: Predict) -> Callable[[np.ndarray], np.ndarray]:

@@ -26,20 +26,35 @@ from mri2mri.predict.model import ContrastWarning, ModelInfo, Runner
 def synthesise(run: Runner, prepared: portable.PreparedInput, batch_size: int, tta_passes: int = 1) -> np.ndarray:
     """(n, 1, S, S) predictions in [0, 1]; slices without brain are not run and stay 0. With
     ``tta_passes`` > 1 each is the mean of that many test-time passes (:func:`tta_mean`)."""
-    from mri2mri.uncertainty import tta_mean
+    return synthesise_maps(run, prepared, batch_size, tta_passes)[0]
+
+
+def synthesise_maps(run: Runner, prepared: portable.PreparedInput, batch_size: int, tta_passes: int = 1,
+                    uncertainty_passes: int = 0) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
+    """``(prediction, spread)``, both (n, 1, S, S): :func:`synthesise`'s prediction and, with
+    ``uncertainty_passes``, the voxelwise std over that many test-time passes (None without),
+    from one run of the passes (:func:`~mri2mri.uncertainty.tta_mean_std`)."""
+    from mri2mri.uncertainty import tta_mean_std
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
-    out = np.zeros((prepared.slices.shape[0], 1, *prepared.slices.shape[2:]), dtype=np.float32)
+    shape = (prepared.slices.shape[0], 1, *prepared.slices.shape[2:])
+    out = np.zeros(shape, dtype=np.float32)
+    spread = np.zeros(shape, dtype=np.float32) if uncertainty_passes else None
     rows = np.flatnonzero(prepared.mask.reshape(prepared.mask.shape[0], -1).any(axis=1))
     for start in range(0, rows.size, batch_size):
         chunk = rows[start : start + batch_size]
         batch = prepared.slices[chunk] * 2.0 - 1.0  # [0, 1] -> the model's [-1, 1]
-        prediction = tta_mean(run, batch, tta_passes) if tta_passes > 1 else run(batch)
+        if tta_passes > 1 or spread is not None:
+            prediction, std = tta_mean_std(run, batch, tta_passes, uncertainty_passes)
+            if spread is not None:
+                spread[chunk] = std
+        else:
+            prediction = run(batch)
         prediction = np.asarray(prediction, dtype=np.float32)[:, :1]
         portable.check_finite_output(prediction)  # np.clip below would keep NaN as NaN
         out[chunk] = (prediction + 1.0) * 0.5
-    return np.clip(out, 0.0, 1.0, out=out)
+    return np.clip(out, 0.0, 1.0, out=out), spread
 
 
 def _check_channels(prepared: portable.PreparedInput, info: ModelInfo, path: Path) -> None:
@@ -77,14 +92,7 @@ def synthesise_uncertainty(
     run: Runner, prepared: portable.PreparedInput, batch_size: int, passes: int
 ) -> np.ndarray:
     """(n, 1, S, S) voxelwise std over ``passes`` test-time passes (:mod:`mri2mri.uncertainty`)."""
-    from mri2mri.uncertainty import tta_std
-
-    out = np.zeros((prepared.slices.shape[0], 1, *prepared.slices.shape[2:]), dtype=np.float32)
-    rows = np.flatnonzero(prepared.mask.reshape(prepared.mask.shape[0], -1).any(axis=1))
-    for start in range(0, rows.size, batch_size):
-        chunk = rows[start : start + batch_size]
-        out[chunk] = tta_std(run, prepared.slices[chunk] * 2.0 - 1.0, passes)
-    return out
+    return synthesise_maps(run, prepared, batch_size, 1, passes)[1]
 
 
 def predict_volume(
@@ -157,11 +165,9 @@ def predict_volume_full(
     steps.extend(_preparation_steps(prepared, info))
     _check_channels(prepared, info, path)
     _warn_contrast(prepared, info, (path, *others), [has_zero_background(v.data) for v in (volume, *volumes)])
-    data, mask = _on_input_grid(synthesise(run, prepared, batch_size, tta_passes), prepared, grid, volume, path)
-    uncertainty = None
-    if uncertainty_passes:
-        spread = synthesise_uncertainty(run, prepared, batch_size, uncertainty_passes)
-        uncertainty = _on_input_grid(spread, prepared, grid, volume, path)[0]
+    synthetic, spread = synthesise_maps(run, prepared, batch_size, tta_passes, uncertainty_passes)
+    data, mask = _on_input_grid(synthetic, prepared, grid, volume, path)
+    uncertainty = None if spread is None else _on_input_grid(spread, prepared, grid, volume, path)[0]
     return VolumePrediction(data=data, uncertainty=uncertainty, affine=volume.original_affine, mask=mask,
                             preparation=steps)  # fmt: skip
 
