@@ -263,6 +263,27 @@ def test_the_mean_and_the_spread_of_the_same_passes_run_the_network_once_a_pass(
     np.testing.assert_allclose(spread, synthesise_uncertainty(leaning, prepared, 16, 8), atol=1e-6)
 
 
+def test_an_infinite_output_is_refused_on_the_averaged_and_uncertainty_paths_too():
+    # Clipping each pass to the model's range must not turn infinity into a finite value that
+    # the finiteness check would let through (a plain pass refuses it; so must averaged passes).
+    from mri2mri.errors import UserError
+    from mri2mri.portable import PreparedInput
+    from mri2mri.predict.synthesis import synthesise_maps
+
+    slices = np.full((1, 1, 8, 8), 0.5, dtype=np.float32)
+    mask = np.ones_like(slices, dtype=bool)
+    prepared = PreparedInput(slices, mask, mask[:, 0], np.arange(1), {"grid_file": "x.nii"}, {})
+
+    def overflowing(x):
+        out = x[:, :1].copy()
+        out[..., 0, 0] = np.inf
+        return out
+
+    for tta_passes, uncertainty_passes in ((1, 0), (2, 0), (1, 8), (8, 8)):
+        with pytest.raises(UserError, match="NaN or infinite"):
+            synthesise_maps(overflowing, prepared, 4, tta_passes, uncertainty_passes)
+
+
 def test_test_with_averaged_passes_and_uncertainty_runs_each_pass_once(tmp_path):
     from conftest import write_tiny_cache
 

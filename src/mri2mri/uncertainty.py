@@ -61,11 +61,12 @@ def untransform(batch: np.ndarray, k: int) -> np.ndarray:
 def tta_outputs(run: Runner, batch: np.ndarray, passes: int) -> Iterator[np.ndarray]:
     """The (B, 1, H, W) float64 output of each of ``passes`` test-time passes over ``batch`` (in
     the model's range [-1, 1]), transformed back and clipped to [-1, 1] as the prediction itself
-    is (NaN stays NaN, for the caller's finiteness check)."""
+    is. Infinity becomes NaN first and NaN stays NaN, so that clipping never hides a broken
+    output from the caller's finiteness check."""
     for k in range(passes):
         view = np.ascontiguousarray(transform(batch, k), dtype=np.float32)
         out = np.asarray(run(view), dtype=np.float64)[:, :1]
-        yield np.clip(untransform(out, k), -1.0, 1.0)
+        yield np.clip(untransform(np.where(np.isinf(out), np.nan, out), k), -1.0, 1.0)
 
 
 def tta_mean(run: Runner, batch: np.ndarray, passes: int) -> np.ndarray:
