@@ -110,6 +110,10 @@ CONFIGS: dict[str, list[str]] = {
     "fm": ["--lambda-fm", "10"],
     # An exponential moving average of G's weights, the one used at test time (Karras et al. 2018).
     "ema-adv-high": ["--ema", "0.999", "--lambda-l1", "30"],
+    # No dropout in the generator's decoder. pix2pix keeps dropout 0.5 as its only noise source
+    # (Isola et al. 2017, section 2.1: it left the output barely stochastic); in this small U-Net it drops
+    # half of the deepest decoder features, and the curves say capacity, not data, is the limit.
+    "no-dropout": ["--dropout", "0"],
 }
 # Configurations that need their own prepared slices: `mri2mri prepare` arguments.
 PREPARE: dict[str, list[str]] = {"context1": ["--context-slices", "1"]}
@@ -131,6 +135,9 @@ CONFIGS["t1-t1c-flair-hinge"] = [*CONFIGS["t1-t1c-flair"], *CONFIGS["hinge"]]
 # direction from "adv-high", which cost the T1 model SSIM at 600 s; same slices.
 PREPARE["t1-t1c-flair-adv-low"] = PREPARE["t1-t1c-flair"]
 CONFIGS["t1-t1c-flair-adv-low"] = [*CONFIGS["t1-t1c-flair"], *CONFIGS["adv-low"]]
+# The three sources without the decoder's dropout (see "no-dropout"); same slices.
+PREPARE["t1-t1c-flair-no-dropout"] = PREPARE["t1-t1c-flair"]
+CONFIGS["t1-t1c-flair-no-dropout"] = [*CONFIGS["t1-t1c-flair"], *CONFIGS["no-dropout"]]
 PREPARE["flair"] = ["--source", "FLAIR"]
 CONFIGS["flair"] = ["--source", "FLAIR"]
 # The default before N4 bias correction of the source became part of the preparation.
