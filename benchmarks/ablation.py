@@ -138,6 +138,10 @@ CONFIGS["t1-t1c-flair-adv-low"] = [*CONFIGS["t1-t1c-flair"], *CONFIGS["adv-low"]
 # The three sources without the decoder's dropout (see "no-dropout"); same slices.
 PREPARE["t1-t1c-flair-no-dropout"] = PREPARE["t1-t1c-flair"]
 CONFIGS["t1-t1c-flair-no-dropout"] = [*CONFIGS["t1-t1c-flair"], *CONFIGS["no-dropout"]]
+# The three sources without augmentation (as "residual-only" for T1): with 27 patients from
+# several sites, whether the augmentation chosen on three patients still pays for the steps.
+PREPARE["t1-t1c-flair-no-augment"] = PREPARE["t1-t1c-flair"]
+CONFIGS["t1-t1c-flair-no-augment"] = [*CONFIGS["t1-t1c-flair"], *CONFIGS["residual-only"]]
 PREPARE["flair"] = ["--source", "FLAIR"]
 CONFIGS["flair"] = ["--source", "FLAIR"]
 # The default before N4 bias correction of the source became part of the preparation.
