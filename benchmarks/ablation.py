@@ -127,21 +127,15 @@ CONFIGS["t1-t1c-flair"] = ["--source", "T1,T1c,FLAIR"]
 # SSIM beat L1 alone for image restoration), the lever aimed at the in-brain SSIM; same slices.
 PREPARE["t1-t1c-flair-ssim"] = PREPARE["t1-t1c-flair"]
 CONFIGS["t1-t1c-flair-ssim"] = [*CONFIGS["t1-t1c-flair"], "--lambda-ssim", "100"]
-# The three sources with the hinge loss for D and G (see "hinge"): the adversarial loss, the
-# lever the SSIM bar of several sources had left untried.
-PREPARE["t1-t1c-flair-hinge"] = PREPARE["t1-t1c-flair"]
-CONFIGS["t1-t1c-flair-hinge"] = [*CONFIGS["t1-t1c-flair"], *CONFIGS["hinge"]]
-# The three sources with the adversarial term 10x weaker against L1 (see "adv-low"): the other
-# direction from "adv-high", which cost the T1 model SSIM at 600 s; same slices.
-PREPARE["t1-t1c-flair-adv-low"] = PREPARE["t1-t1c-flair"]
-CONFIGS["t1-t1c-flair-adv-low"] = [*CONFIGS["t1-t1c-flair"], *CONFIGS["adv-low"]]
-# The three sources without the decoder's dropout (see "no-dropout"); same slices.
-PREPARE["t1-t1c-flair-no-dropout"] = PREPARE["t1-t1c-flair"]
-CONFIGS["t1-t1c-flair-no-dropout"] = [*CONFIGS["t1-t1c-flair"], *CONFIGS["no-dropout"]]
-# The three sources without augmentation (as "residual-only" for T1): with 27 patients from
-# several sites, whether the augmentation chosen on three patients still pays for the steps.
-PREPARE["t1-t1c-flair-no-augment"] = PREPARE["t1-t1c-flair"]
-CONFIGS["t1-t1c-flair-no-augment"] = [*CONFIGS["t1-t1c-flair"], *CONFIGS["residual-only"]]
+# The three sources with a lever first measured on T1, each on the three sources' slices:
+# "hinge", the adversarial loss the SSIM bar of several sources had left untried; "adv-low", the
+# other direction from "adv-high", which cost the T1 model SSIM at 600 s; "no-dropout"; and
+# "no-augment" ("residual-only" for T1), whether the augmentation chosen on three patients still
+# pays for its steps with 27 patients from several sites.
+for _suffix, _lever in (("hinge", "hinge"), ("adv-low", "adv-low"), ("no-dropout", "no-dropout"),
+                        ("no-augment", "residual-only")):  # fmt: skip
+    PREPARE[f"t1-t1c-flair-{_suffix}"] = PREPARE["t1-t1c-flair"]
+    CONFIGS[f"t1-t1c-flair-{_suffix}"] = [*CONFIGS["t1-t1c-flair"], *CONFIGS[_lever]]
 PREPARE["flair"] = ["--source", "FLAIR"]
 CONFIGS["flair"] = ["--source", "FLAIR"]
 # The default before N4 bias correction of the source became part of the preparation.
