@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -10,6 +11,16 @@ import pytest
 
 from mri2mri.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from mri2mri.data.cache import CacheWriter, SubjectRecord, SubjectSlices
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`make test` runs two workers on 2 cores) each worker's OpenMP gets
+    one thread, set before any test module loads torch: two workers of two spinning threads
+    each on two cores would wait for each other (see ``mri2mri.threads``). Commands the tests
+    start inherit it; a user's own OMP_NUM_THREADS is left alone."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real-mri"
 # Tests on real data (skipped when ../shared is absent) pick the few patients they need: preparing

@@ -71,12 +71,14 @@ def busy_processes(count: int):
             process.wait()
 
 
+@pytest.mark.alone  # another test process running beside it would count as busy
 def test_the_probe_counts_other_processes_busy_cores():
     with busy_processes(1):
         busy = probe_busy_cores(0.5)
     assert busy is not None and 0.6 <= busy <= 1.4
 
 
+@pytest.mark.alone  # another test process running beside it would count as busy
 def test_on_free_cores_the_command_keeps_openmps_defaults(tmp_path):
     """Alone on the machine, OpenMP's long spin is the fastest: nothing is set."""
     settings = _openmp_settings(CLI_TRAIN, _environment(), tmp_path)
