@@ -136,6 +136,10 @@ for _suffix, _lever in (("hinge", "hinge"), ("adv-low", "adv-low"), ("no-dropout
                         ("no-augment", "residual-only")):  # fmt: skip
     PREPARE[f"t1-t1c-flair-{_suffix}"] = PREPARE["t1-t1c-flair"]
     CONFIGS[f"t1-t1c-flair-{_suffix}"] = [*CONFIGS["t1-t1c-flair"], *CONFIGS[_lever]]
+# The three sources with 2.5D input (one neighbouring slice each side of each source: 9 channels),
+# untried on the 27 patients; it was flat on T1 on the first three (README, the 800-step screen).
+PREPARE["t1-t1c-flair-context1"] = [*PREPARE["t1-t1c-flair"], *PREPARE["context1"]]
+CONFIGS["t1-t1c-flair-context1"] = CONFIGS["t1-t1c-flair"]
 PREPARE["flair"] = ["--source", "FLAIR"]
 CONFIGS["flair"] = ["--source", "FLAIR"]
 # The default before N4 bias correction of the source became part of the preparation.
