@@ -129,11 +129,14 @@ PREPARE["t1-t1c-flair-ssim"] = PREPARE["t1-t1c-flair"]
 CONFIGS["t1-t1c-flair-ssim"] = [*CONFIGS["t1-t1c-flair"], "--lambda-ssim", "100"]
 # The three sources with a lever first measured on T1, each on the three sources' slices:
 # "hinge", the adversarial loss the SSIM bar of several sources had left untried; "adv-low", the
-# other direction from "adv-high", which cost the T1 model SSIM at 600 s; "no-dropout"; and
+# other direction from "adv-high", which cost the T1 model SSIM at 600 s; "no-dropout";
 # "no-augment" ("residual-only" for T1), whether the augmentation chosen on three patients still
-# pays for its steps with 27 patients from several sites.
+# pays for its steps with 27 patients from several sites, and "aug-strong", the other direction:
+# more of the source-only intensity changes that stand for another scanner; and "batch4", whether
+# the small batch chosen on three patients is still right for 27 (more slices per step, fewer steps).
 for _suffix, _lever in (("hinge", "hinge"), ("adv-low", "adv-low"), ("no-dropout", "no-dropout"),
-                        ("no-augment", "residual-only")):  # fmt: skip
+                        ("no-augment", "residual-only"), ("aug-strong", "aug-strong"),
+                        ("batch4", "batch4")):  # fmt: skip
     PREPARE[f"t1-t1c-flair-{_suffix}"] = PREPARE["t1-t1c-flair"]
     CONFIGS[f"t1-t1c-flair-{_suffix}"] = [*CONFIGS["t1-t1c-flair"], *CONFIGS[_lever]]
 # The three sources with 2.5D input (one neighbouring slice each side of each source: 9 channels),
