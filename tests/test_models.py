@@ -25,6 +25,7 @@ GENERATOR_SIZES = {
     "basic": (32, 48),
     "unet": (32, 48),
     "resnet9": (32, 36),
+    "unet128": (128, 256),
     "unet256": (256, 512),
 }
 TINY = 4  # base_channels of the tiny test networks
@@ -84,6 +85,10 @@ def test_pix2pix_networks_parameter_counts():
     # Reference implementations at 1 input / 1 output channel, base 64, batch norm.
     assert count_parameters(build_generator(ModelConfig(residual="none", generator="unet256", base_channels=64))) == 54_408_385
     assert count_parameters(build_generator(ModelConfig(residual="none", generator="resnet9", base_channels=64))) == 11_370_881
+    # unet_128: unet256 without one 512-wide level (down 512 -> 512 and up 1024 -> 512, each
+    # 4 x 4 without bias, each with a BatchNorm of 512: 2 x 512 parameters).
+    one_level = _conv(512, 512, bias=False) + 2 * 512 + _conv(1024, 512, bias=False) + 2 * 512
+    assert count_parameters(build_generator(ModelConfig(residual="none", generator="unet128", base_channels=64))) == 54_408_385 - one_level
     patch = build_discriminator(ModelConfig(discriminator="patch70", base_channels=64))
     assert count_parameters(patch) == 2_764_609
 
@@ -190,7 +195,7 @@ def test_norm_option(generator_name, norm):
 
 
 @pytest.mark.parametrize(
-    ("generator_name", "expected"), [("basic", 0), ("unet", 1), ("resnet9", 9), ("unet256", 3)]
+    ("generator_name", "expected"), [("basic", 0), ("unet", 1), ("resnet9", 9), ("unet128", 3), ("unet256", 3)]
 )
 def test_dropout_option(generator_name, expected):
     def dropouts(dropout):
@@ -253,6 +258,8 @@ def test_bad_discriminator_numbers(changes):
         ("basic", "patch70", 16, "24 (the smallest)"),
         ("basic", "multiscale", 44, "48 (the smallest)"),
         ("resnet9", "basic", 62, "60 or 64"),
+        ("unet128", "patch70", 200, "128 or 256"),
+        ("unet128", "basic", 64, "128 (the smallest)"),
         ("unet256", "patch70", 300, "256 or 512"),
         ("unet256", "basic", 128, "256 (the smallest)"),
     ],
@@ -271,7 +278,7 @@ def test_check_image_size_names_nearest_valid_sizes(
 
 @pytest.mark.parametrize(
     ("generator_name", "size"),
-    [("basic", 256), ("unet", 256), ("unet", 64), ("resnet9", 64), ("unet256", 256)],
+    [("basic", 256), ("unet", 256), ("unet", 64), ("resnet9", 64), ("unet128", 128), ("unet256", 256)],
 )
 def test_check_image_size_accepts_valid_sizes(generator_name, size):
     for discriminator_name in DISCRIMINATORS:

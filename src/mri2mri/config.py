@@ -212,7 +212,7 @@ class ModelConfig:
     # Defaults: the winner of the equal-budget ablation (benchmarks/ablation.py, README): the
     # report's U-Net at half width, pix2pix's 70x70 PatchGAN, least-squares adversarial loss.
     generator: str = field(default="unet", metadata=option(
-        "basic, unet (the report's), resnet9, unet256 (pix2pix)"))  # fmt: skip
+        "basic, unet (the report's), resnet9, unet128 or unet256 (pix2pix's, for 128 or 256 px)"))  # fmt: skip
     discriminator: str = field(default="patch70", metadata=option(
         "basic (the report's PatchGAN), patch70, multiscale"))  # fmt: skip
     in_channels: int = field(default=1, metadata=INTERNAL)  # DataConfig.in_channels
