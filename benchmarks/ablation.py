@@ -137,10 +137,11 @@ CONFIGS["t1-t1c-flair-ssim"] = [*CONFIGS["t1-t1c-flair"], "--lambda-ssim", "100"
 # pays for its steps with 27 patients from several sites, and "aug-strong", the other direction:
 # more of the source-only intensity changes that stand for another scanner; and "batch4", whether
 # the small batch chosen on three patients is still right for 27 (more slices per step, fewer steps);
-# "unet128", capacity that a CPU can afford: three more U-Net levels on maps of 4 x 4 and smaller.
+# "unet128", capacity that a CPU can afford: three more U-Net levels on maps of 4 x 4 and smaller;
+# "lr-high", a 2.5x larger step size for a budget of a few thousand steps on a CPU.
 for _suffix, _lever in (("hinge", "hinge"), ("adv-low", "adv-low"), ("no-dropout", "no-dropout"),
                         ("no-augment", "residual-only"), ("aug-strong", "aug-strong"),
-                        ("batch4", "batch4"), ("unet128", "unet128")):  # fmt: skip
+                        ("batch4", "batch4"), ("unet128", "unet128"), ("lr-high", "lr-high")):  # fmt: skip
     PREPARE[f"t1-t1c-flair-{_suffix}"] = PREPARE["t1-t1c-flair"]
     CONFIGS[f"t1-t1c-flair-{_suffix}"] = [*CONFIGS["t1-t1c-flair"], *CONFIGS[_lever]]
 # The three sources with 2.5D input (one neighbouring slice each side of each source: 9 channels),
