@@ -243,7 +243,8 @@ class UNet256Generator(_FullOptionsGenerator):
     ):
         super().__init__()
         bias = norm != "batch"  # a bias before BatchNorm is redundant (pix2pix convention)
-        # Encoder widths: 64, 128, 256, 512, 512, 512, 512, 512 at base 64.
+        # Encoder widths at base 64: 64, 128, 256, then 512 for every further level (L = self.levels:
+        # 8 for unet256, 7 for unet128).
         widths = [base_channels * min(2**level, 8) for level in range(self.levels)]
         # pix2pix encoder: level i gives (B, widths[i], H / 2**(i+1), W / 2**(i+1)).
         self.downs = nn.ModuleList()
@@ -252,8 +253,8 @@ class UNet256Generator(_FullOptionsGenerator):
             level_norm = "none" if level in (0, self.levels - 1) else norm
             level_bias = bias or level_norm == "none"
             self.downs.append(DownBlock(previous, width, level_norm, bias=level_bias))
-        # pix2pix decoder: up block j gives (B, 2 * widths[6 - j], H / 2**(7-j), W / 2**(7-j))
-        # after concatenating encoder level 6 - j; the first three use dropout.
+        # pix2pix decoder: up block j gives (B, 2 * widths[L-2-j], H / 2**(L-1-j), W / 2**(L-1-j))
+        # after concatenating encoder level L-2-j; the first three use dropout.
         self.ups = nn.ModuleList()
         for j in range(self.levels - 1):
             source_width = widths[-1] if j == 0 else 2 * widths[self.levels - 1 - j]
@@ -278,7 +279,7 @@ class UNet256Generator(_FullOptionsGenerator):
         for down in self.downs:
             x = down(x)
             skips.append(x)
-        x = skips.pop()  # the innermost level, (B, 512, H/256, W/256)
+        x = skips.pop()  # the innermost level, (B, widths[-1], H / 2**L, W / 2**L), 1 x 1 at the smallest size
         for up in self.ups:
             x = up(x, skips.pop())
         return self.final(x)  # (B, out, H, W)
