@@ -7,6 +7,9 @@ otherwise give a near-constant output and make the comparison empty).
 
 from __future__ import annotations
 
+import platform
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -162,6 +165,28 @@ def test_auto_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch, native, expect
     assert runtime.precision == expected
     assert runtime.describe_precision() == f"precision auto -> {expected} ({why})"
     assert (runtime.amp_dtype is torch.bfloat16) == native
+
+
+def _x86_linux_cpu_flags() -> set[str] | None:
+    """The flags the Linux kernel reports for this x86 CPU, or None elsewhere."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if platform.machine().lower() not in ("x86_64", "amd64") or not cpuinfo.is_file():
+        return None
+    line = next((line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")), None)
+    return set(line.split(":", 1)[1].split()) if line else None
+
+
+def test_native_bf16_means_the_instructions_not_onednn_s_emulation():
+    # oneDNN's own check accepts any AVX-512 core, where it emulates bf16: on a 2-core Xeon
+    # without AVX512-BF16, bf16 training ran at 0.37x fp32 (2.8 against 7.5 images/s, 128 px).
+    from mri2mri.runtime import cpu_has_fast_bf16
+
+    flags = _x86_linux_cpu_flags()
+    if flags is None:
+        pytest.skip("reads the CPU flags of Linux on x86")
+    assert cpu_has_fast_bf16() == bool({"avx512_bf16", "amx_bf16"} & flags), sorted(
+        flag for flag in flags if flag.startswith(("avx512", "amx"))
+    )
 
 
 def test_an_explicit_precision_is_kept_and_described_as_itself(monkeypatch):

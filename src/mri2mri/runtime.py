@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import random
 import warnings
 from dataclasses import dataclass
@@ -116,10 +117,17 @@ def check_precision(precision: str, device: torch.device) -> str:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """Whether oneDNN has vectorised bf16 kernels for this CPU (AVX-512 cores, AMX, Arm bf16)."""
+    """Whether this CPU computes bf16 in hardware: AVX512-BF16 or AMX on x86, bf16 on Arm.
+
+    oneDNN's own check (``torch.ops.mkldnn._is_mkldnn_bf16_supported``) is not enough on x86: it
+    accepts every AVX-512 core, where bf16 is emulated, and training there ran at 0.37x fp32
+    (a 2-core Xeon without AVX512-BF16, 128 px). On Arm it is the bf16 extension itself.
+    """
     try:
+        if platform.machine().lower() in ("x86_64", "amd64", "x86", "i386", "i686"):
+            return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a private probe: absent from some builds
+    except (AttributeError, RuntimeError):  # private probes: absent from some builds
         return False
 
 
@@ -176,7 +184,7 @@ def setup_runtime(
         torch.set_num_threads(max(1, _available_cores() // local_world_size))
     precision, precision_reason = resolve_precision(precision, resolved)
     if precision == "bf16" and resolved.type == "cpu" and not cpu_has_fast_bf16():
-        # Without AVX-512 (or Arm bf16) oneDNN has no bf16 kernels: many times slower than fp32.
+        # Without AVX512-BF16/AMX (or Arm bf16) oneDNN emulates bf16: slower than fp32, often many times.
         warnings.warn("bf16 on this CPU is emulated and usually much slower than fp32", stacklevel=2)
     if resolved.type == "cuda":
         # TF32 matmuls: same convergence for conv nets, several times faster on Ampere+.
