@@ -178,7 +178,7 @@ def _x86_linux_cpu_flags() -> set[str] | None:
 
 def test_native_bf16_means_the_instructions_not_onednn_s_emulation():
     # oneDNN's own check accepts any AVX-512 core, where it emulates bf16: on a 2-core Xeon
-    # without AVX512-BF16, bf16 training ran at 0.37x fp32 (2.8 against 7.5 images/s, 128 px).
+    # without AVX512-BF16, bf16 training ran at 0.36x fp32 (2.75 against 7.54 images/s, 128 px).
     from mri2mri.runtime import cpu_has_fast_bf16
 
     flags = _x86_linux_cpu_flags()

@@ -120,7 +120,7 @@ def cpu_has_fast_bf16() -> bool:
     """Whether this CPU computes bf16 in hardware: AVX512-BF16 or AMX on x86, bf16 on Arm.
 
     oneDNN's own check (``torch.ops.mkldnn._is_mkldnn_bf16_supported``) is not enough on x86: it
-    accepts every AVX-512 core, where bf16 is emulated, and training there ran at 0.37x fp32
+    accepts every AVX-512 core, where bf16 is emulated, and training there ran at 0.36x fp32
     (a 2-core Xeon without AVX512-BF16, 128 px). On Arm it is the bf16 extension itself.
     """
     try:
