@@ -52,7 +52,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _common import RESULTS
+from _common import RESULTS, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = ROOT.parent / "shared" / "data" / "real-mri"
@@ -138,10 +138,13 @@ CONFIGS["t1-t1c-flair-ssim"] = [*CONFIGS["t1-t1c-flair"], "--lambda-ssim", "100"
 # more of the source-only intensity changes that stand for another scanner; and "batch4", whether
 # the small batch chosen on three patients is still right for 27 (more slices per step, fewer steps);
 # "unet128", capacity that a CPU can afford: three more U-Net levels on maps of 4 x 4 and smaller;
-# "lr-high", a 2.5x larger step size for a budget of a few thousand steps on a CPU.
+# "lr-high", a 2.5x larger step size for a budget of a few thousand steps on a CPU; "unet64", width
+# (4x the parameters), which gets a third of the steps on a 2-core CPU: a lever for a GPU machine
+# (`--steps N --jobs 12 --device cuda`), where the steps, not the seconds, are the budget.
 for _suffix, _lever in (("hinge", "hinge"), ("adv-low", "adv-low"), ("no-dropout", "no-dropout"),
                         ("no-augment", "residual-only"), ("aug-strong", "aug-strong"),
-                        ("batch4", "batch4"), ("unet128", "unet128"), ("lr-high", "lr-high")):  # fmt: skip
+                        ("batch4", "batch4"), ("unet128", "unet128"), ("lr-high", "lr-high"),
+                        ("unet64", "unet64")):  # fmt: skip
     PREPARE[f"t1-t1c-flair-{_suffix}"] = PREPARE["t1-t1c-flair"]
     CONFIGS[f"t1-t1c-flair-{_suffix}"] = [*CONFIGS["t1-t1c-flair"], *CONFIGS[_lever]]
 # The three sources with 2.5D input (one neighbouring slice each side of each source: 9 channels),
@@ -210,14 +213,18 @@ def fold_scores(run: Path) -> dict[str, dict[str, float]]:
     """Pooled in-brain metrics of the model and of each baseline on the run's test slices."""
     metrics = json.loads((run / "metrics.json").read_text())
     summary = json.loads((run / "run_summary.json").read_text())
+    config = json.loads((run / "config.json").read_text())
     scores = {}
     for method in ("model", *(b for b in BASELINES if b in metrics["pooled"])):
         scores[method] = {m: metrics["pooled"][method][m]["mean"] for m in METRICS if m in metrics["pooled"][method]}
         for volume_metric in ("volume_psnr", "histogram_w1"):  # per subject, then averaged
             if method in metrics.get(volume_metric, {}):
                 scores[method][volume_metric] = metrics[volume_metric][method]["mean"]
+    # What a wall-clock budget bought depends on the machine: keep the steps and the precision.
     scores["model"].update(steps=summary["steps"], images_per_s=summary["images_per_s"],
-                           parameters_G=summary["parameters_G"], train_seconds=summary["train_seconds"])  # fmt: skip
+                           parameters_G=summary["parameters_G"], train_seconds=summary["train_seconds"],
+                           precision=summary.get("precision"),
+                           correction_weight=config["model"].get("correction_weight"))  # fmt: skip
     return scores
 
 
@@ -444,6 +451,12 @@ def main() -> int:
         report["datasets"]["builtin"] = {"rows": rows, "summary": summary}
 
     report["commands"] = log
+    import torch
+
+    report["machine"] = where = machine(torch.device(args.device or "cpu"))  # the one that wrote this file
+    precisions = sorted({str(r["precision"]) for d in report["datasets"].values() for r in d["rows"] if r.get("precision")})
+    tables.append(f"Machine: {where['device_name']} ({where['device']}, {where['cpu_count']} cores, torch "
+                  f"{where['torch']}); training precision {', '.join(precisions) or 'unrecorded'}.")  # fmt: skip
     report["wall_seconds"] = round(time.time() - started, 1)
     report["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -11,8 +11,10 @@ file's SHA-256 and the recipe's cross-validated scores, and its model card.
     python scripts/ready_models.py train brasyn-t2
     python scripts/ready_models.py package brasyn-t2
 
-``package`` reads the scores from ``benchmarks/results`` (the JSON that the cross-validation
-commands of each recipe, listed below, write) and refuses when they are missing.
+    python scripts/ready_models.py card t1-to-t2       # the scores and card again, weights untouched
+
+``package`` and ``card`` read the scores from ``benchmarks/results`` (the JSON that the
+cross-validation commands of each recipe, listed below, write) and refuse when they are missing.
 """
 
 from __future__ import annotations
@@ -44,14 +46,13 @@ RECIPES: dict[str, dict[str, Any]] = {
         "sources": ["T1"], "target": "T2", "train": [],
         "correction_weight": 0.75,
         "summary": "T1 -> T2: a U-Net adding a learned correction to the intensity table of the T1",
+        # 600 s per fold: about the steps of the shipped model's training. Its runs were tested at
+        # train's default weight, the shipped one, so no re-scoring ("weights": None).
         "cv": {
-            "results": "quality_bysite_3000steps", "config": "default", "baseline": "intensity-map",
-            "weights": "correction_weight_bysite_3000steps",
+            "results": "quality_bysite_600s", "config": "default", "baseline": "intensity-map", "weights": None,
             "commands": [
-                "python benchmarks/ablation.py --steps 3000 --image-size 128 --seeds 0 1 --configs default "
-                "--skip-builtin --out outputs/bysite128 --tag quality_bysite_3000steps",
-                "python benchmarks/correction_weight.py --runs outputs/bysite128/real --weights 0 0.25 0.5 0.6 "
-                "0.75 1 --tag correction_weight_bysite_3000steps",
+                "python benchmarks/ablation.py --budget 600 --image-size 128 --seeds 0 1 --configs default "
+                "--skip-builtin --out outputs/bysite600 --tag quality_bysite_600s",
             ],
         },
     },
@@ -121,17 +122,24 @@ def cross_validation(name: str) -> dict[str, Any]:
     the shipped correction weight, and the baseline's on the same test patients."""
     recipe = RECIPES[name]
     cv = recipe["cv"]
-    quality_file, weights_file = RESULTS / f"{cv['results']}.json", RESULTS / f"{cv['weights']}.json"
-    for path in (quality_file, weights_file):
+    files = [RESULTS / f"{cv[key]}.json" for key in ("results", "weights") if cv[key]]
+    for path in files:
         if not path.is_file():
             raise SystemExit(f"{path}: missing; run the recipe's cross-validation first:\n  " + "\n  ".join(cv["commands"]))
-    quality = json.loads(quality_file.read_text())
+    quality = json.loads(files[0].read_text())
     rows = quality["datasets"]["real"]["rows"]
     runs = [r for r in rows if r["method"] == cv["config"]]
     baseline = [r for r in rows if r["method"] == cv["baseline"]]
-    weight = str(recipe["correction_weight"]).rstrip("0").rstrip(".")
-    rescored = json.loads(weights_file.read_text())["folds"]
-    model_values = [rescored[r["fold"]][f"{cv['config']}-s{r['seed']}"][weight] for r in runs]
+    if cv["weights"]:  # runs tested at another weight, re-scored at the shipped one
+        weight = str(recipe["correction_weight"]).rstrip("0").rstrip(".")
+        rescored = json.loads(files[1].read_text())["folds"]
+        model_values = [rescored[r["fold"]][f"{cv['config']}-s{r['seed']}"][weight] for r in runs]
+    else:
+        tested = {r.get("correction_weight") for r in runs}
+        if tested != {recipe["correction_weight"]}:
+            raise SystemExit(f"{files[0]}: runs tested at correction weight {sorted(map(str, tested))}, "
+                             f"not the shipped {recipe['correction_weight']:g}")  # fmt: skip
+        model_values = runs
 
     from ablation import mean_std
 
@@ -142,7 +150,7 @@ def cross_validation(name: str) -> dict[str, Any]:
     return {
         "protocol": f"{len({r['fold'] for r in runs})} folds by site ({FOLDS.name}), seeds "
                     f"{', '.join(str(s) for s in sorted({r['seed'] for r in runs}))}, {quality['image_size']} px, "
-                    f"{quality['steps']} steps per fold (the shipped model: {EPOCHS} epochs on all 27 patients), "
+                    f"{training_budget(quality, runs)} (the shipped model: {EPOCHS} epochs on all 27 patients), "
                     f"correction weight {recipe['correction_weight']:g}.",
         "runs": len(runs),
         "model": {key: spread(model_values, key) for key in SCORES},
@@ -151,6 +159,21 @@ def cross_validation(name: str) -> dict[str, Any]:
         "beats_intensity_map": f"{beats}/{len(runs)}",
         "commands": cv["commands"],
     }  # fmt: skip
+
+
+def training_budget(quality: dict[str, Any], runs: list[dict[str, Any]]) -> str:
+    """How long each fold trained: a step count, or a wall-clock budget with the steps it bought
+    and the machine that bought them (a budget means nothing without both)."""
+    if quality.get("steps"):
+        return f"{quality['steps']} steps per fold"
+    steps = [float(r["steps"]) for r in runs]
+    low, high = min(steps), max(steps)
+    precision = "/".join(sorted({str(r.get("precision")) for r in runs if r.get("precision")})) or "precision unrecorded"
+    where = quality.get("machine", {})
+    machine = (f"{where['device_name']}, {where['cpu_count']} cores" if where.get("device") == "cpu"
+               else where.get("device_name", "machine unrecorded"))  # fmt: skip
+    return (f"{quality['budget_s']:.0f} s of training per fold ({low:,.0f}-{high:,.0f} steps; {precision} "
+            f"on {machine})")
 
 
 def training_data() -> list[dict[str, Any]]:
@@ -207,14 +230,10 @@ def half_precision_cost(payload: dict[str, Any], config: Any, cache: Path, slice
 
 
 def package(name: str, run: Path | None, cache: Path | None) -> None:
-    from mri2mri import modelcard
-    from mri2mri.atomic import file_sha256, write_text
+    from mri2mri.atomic import file_sha256
     from mri2mri.checkpoint import save_checkpoint
-    from mri2mri.config import RunConfig
-    from mri2mri.contrast import source_reference_of
     from mri2mri.inference import load_generator
-    from mri2mri.models import build_discriminator, count_parameters
-    from mri2mri.pretrained import MANIFEST, WEIGHTS_DIR
+    from mri2mri.pretrained import WEIGHTS_DIR
     from mri2mri.runfolder import find_checkpoint, read_json_object
 
     recipe, where = RECIPES[name], paths(name)
@@ -231,7 +250,6 @@ def package(name: str, run: Path | None, cache: Path | None) -> None:
     WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
     path = WEIGHTS_DIR / f"{name}.pth"
     save_checkpoint(path, shipped, keep_previous=False)
-    config = RunConfig.from_dict(shipped["config"])
     entry = {
         "name": name, "file": path.name, "sha256": file_sha256(path), "sources": recipe["sources"],
         "target": recipe["target"], "summary": recipe["summary"],
@@ -245,27 +263,62 @@ def package(name: str, run: Path | None, cache: Path | None) -> None:
         "storage": {"dtype": "float16", **cost},
         "cross_validation": cv,
     }  # fmt: skip
-    manifest = json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else {"format": 1, "models": []}
+    write_entry_and_card(path, entry)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB), its card and the manifest; float16 costs "
+          f"{cost['psnr_mask_change_db']:+.4f} dB (largest change {cost['max_abs_change']:.2e})")
+
+
+def card(name: str) -> None:
+    """The shipped model's cross-validated scores and card again, from the recipe's results as
+    they are now; the weights and what the manifest says of their training stay as they are."""
+    from mri2mri.errors import DataError
+    from mri2mri.pretrained import ready_models, verified_path
+
+    model = ready_models().get(name)
+    if model is None:
+        raise SystemExit(f"{name}: not in the manifest; run `package {name}` first")
+    try:
+        path = verified_path(model)  # the card describes these very weights
+    except DataError as error:
+        raise SystemExit(str(error)) from None
+    write_entry_and_card(path, {**model.entry, "cross_validation": cross_validation(name)})
+    print(f"wrote {model.card} and the manifest's cross-validation of {name}")
+
+
+def write_entry_and_card(path: Path, entry: dict[str, Any]) -> None:
+    """Record ``entry`` (the weights ``path``) in the manifest and write the weights' card."""
+    from mri2mri import modelcard, pretrained
+    from mri2mri.atomic import write_text
+    from mri2mri.checkpoint import load_checkpoint
+    from mri2mri.config import RunConfig
+    from mri2mri.contrast import source_reference_of
+    from mri2mri.models import build_discriminator, build_generator, count_parameters
+
+    name, where = entry["name"], pretrained.WEIGHTS_DIR / pretrained.MANIFEST.name
+    manifest = json.loads(where.read_text()) if where.is_file() else {"format": 1, "models": []}
     manifest["models"] = [m for m in manifest["models"] if m["name"] != name] + [entry]
     manifest["models"].sort(key=lambda m: list(RECIPES).index(m["name"]) if m["name"] in RECIPES else 99)
-    write_text(MANIFEST, json.dumps(manifest, indent=2) + "\n")
-    parameters = {"generator": count_parameters(G), "discriminator": count_parameters(build_discriminator(config.model))}
+    write_text(where, json.dumps(manifest, indent=2) + "\n")
+    shipped = load_checkpoint(path)
+    config = RunConfig.from_dict(shipped["config"])
+    parameters = {"generator": count_parameters(build_generator(config.model)),
+                  "discriminator": count_parameters(build_discriminator(config.model))}  # fmt: skip
     reference = source_reference_of(path, config, shipped)
-    card = modelcard.ready_model_card_text(entry, config, parameters=parameters, source_reference=reference)
-    write_text(WEIGHTS_DIR / f"{name}{modelcard.CARD_SUFFIX}", card)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB), its card and {MANIFEST}; float16 costs "
-          f"{cost['psnr_mask_change_db']:+.4f} dB (largest change {cost['max_abs_change']:.2e})")
+    text = modelcard.ready_model_card_text(entry, config, parameters=parameters, source_reference=reference)
+    write_text(path.with_name(f"{name}{modelcard.CARD_SUFFIX}"), text)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=["train", "package"])
+    parser.add_argument("action", choices=["train", "package", "card"])
     parser.add_argument("name", choices=list(RECIPES))
     parser.add_argument("--run", type=Path, default=None, help="package this run folder (default: train's)")
     parser.add_argument("--cache", type=Path, default=None, help="its training cache (default: train's)")
     args = parser.parse_args()
     if args.action == "train":
         train(args.name)
+    elif args.action == "card":
+        card(args.name)
     else:
         package(args.name, args.run, args.cache)
     return 0

@@ -185,6 +185,19 @@ def test_test_time_averaging_benchmark_rescores_with_test_and_pairs_each_run(fin
     assert "K = 4" in (tmp_path / "results" / "tta.md").read_text()
 
 
+def test_ablation_rows_keep_the_precision_and_the_weight_each_run_was_tested_at(finished_fold):
+    """A 600 s budget means nothing without the steps and precision it bought, and a re-packaged
+    model card must know the weight its runs were scored at."""
+    sys.path.insert(0, str(BENCHMARKS))
+    from ablation import fold_scores
+
+    root, held_out, _ = finished_fold
+    run = root / f"runs-{held_out}" / "default-s0"
+    model = fold_scores(run)["model"]
+    assert model["precision"] == "fp32" and model["steps"] == 2
+    assert model["correction_weight"] == json.loads((run / "config.json").read_text())["model"]["correction_weight"]
+
+
 def _fake_bysite_result() -> dict:
     """Rows as benchmarks/ablation.py writes them: two folds, two seeds, the table's scores beside."""
     rows = []

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -38,6 +39,8 @@ def test_the_package_ships_the_models_the_readme_promises_within_40_mb():
         cv = model.entry["cross_validation"]
         assert cv["runs"] >= 12 and cv["commands"]  # six folds x two seeds, with the commands
         assert model.entry["training"]["commands"]
+        card = model.card.read_text()  # the card quotes the manifest's scores and their protocol
+        assert cv["protocol"] in card and f"{cv['model']['psnr_mask']['mean']:.2f} ±" in card
 
 
 def test_models_lists_every_model_with_its_cross_validated_scores(capsys):
@@ -49,6 +52,74 @@ def test_models_lists_every_model_with_its_cross_validated_scores(capsys):
         table_psnr = model.entry["cross_validation"]["baseline"]["psnr_mask"]["mean"]
         assert f"{psnr:.2f} ±" in row and f"({table_psnr:.2f} ±" in row
         assert " + ".join(model.sources) in row
+
+
+def test_the_models_table_says_which_protocol_scored_which_model():
+    entries = {name: dict(MODELS[name].entry) for name in SHIPPED}
+    for name, text in zip(SHIPPED, ("600 s per fold.", "3000 steps per fold."), strict=True):
+        entries[name]["cross_validation"] = {**entries[name]["cross_validation"], "protocol": text}
+    table = pretrained.models_table({n: replace(MODELS[n], entry=entries[n]) for n in SHIPPED})
+    assert "`t1-to-t2`: 600 s per fold. `brasyn-t2`: 3000 steps per fold." in table
+    entries["brasyn-t2"]["cross_validation"]["protocol"] = "600 s per fold."
+    same = pretrained.models_table({n: replace(MODELS[n], entry=entries[n]) for n in SHIPPED})
+    assert same.count("600 s per fold.") == 1 and "`t1-to-t2`:" not in same
+
+
+def _ready_models_script(tmp_path, monkeypatch):
+    """scripts/ready_models.py, reading its results from ``tmp_path``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ready_models", ROOT / "scripts" / "ready_models.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr(script, "RESULTS", tmp_path)
+    return script
+
+
+def _write_600s_result(where: Path, weight_of_run_3: float = 0.75) -> None:
+    """A cross-validation at 600 s as benchmarks/ablation.py writes it: six folds x two seeds."""
+    folds = ("brats2013", "cbica-1", "cbica-2", "tcia01", "tcia02-03-10", "original")
+    scores = {"psnr_mask": 17.0, "ssim_mask": 0.6, "psnr_mask_window": 16.0, "ssim_mask_window": 0.57,
+              "histogram_w1": 0.08}  # fmt: skip
+    rows = [{"fold": fold, "method": "default", "seed": seed, **scores, "psnr_mask": 17.0 + seed,
+             "steps": 9700 + 100 * seed, "precision": "fp32", "correction_weight": 0.75, "table_psnr_mask": 15.5}
+            for fold in folds for seed in (0, 1)]  # fmt: skip
+    rows[3]["correction_weight"] = weight_of_run_3
+    rows += [{"fold": fold, "method": "intensity-map", "seed": None, **scores, "psnr_mask": 15.5} for fold in folds]
+    result = {"budget_s": 600.0, "steps": None, "image_size": 128, "datasets": {"real": {"rows": rows}},
+              "machine": {"device": "cpu", "device_name": "Some Xeon", "cpu_count": 2}}  # fmt: skip
+    (where / "quality_bysite_600s.json").write_text(json.dumps(result))
+
+
+def test_a_card_from_a_600_s_cross_validation_names_the_steps_and_the_machine(tmp_path, monkeypatch):
+    script = _ready_models_script(tmp_path, monkeypatch)
+    _write_600s_result(tmp_path)
+    cv = script.cross_validation("t1-to-t2")
+    assert "600 s of training per fold (9,700-9,800 steps; fp32 on Some Xeon, 2 cores)" in cv["protocol"]
+    assert cv["runs"] == 12 and cv["beats_intensity_map"] == "12/12"
+    assert cv["model"]["psnr_mask"] == {"mean": 17.5, "std": 0.5}
+    _write_600s_result(tmp_path, weight_of_run_3=0.5)  # a run scored at another weight than the shipped one
+    with pytest.raises(SystemExit, match=r"quality_bysite_600s\.json: runs tested at correction weight"):
+        script.cross_validation("t1-to-t2")
+
+
+def test_card_rewrites_a_model_s_scores_and_card_and_leaves_its_weights(moved_weights, tmp_path, monkeypatch):
+    script = _ready_models_script(tmp_path, monkeypatch)
+    _write_600s_result(tmp_path)
+    weights = {p.name: p.read_bytes() for p in moved_weights.glob("*.pth")}
+    other = (moved_weights / "brasyn-t2_MODEL_CARD.md").read_text(), pretrained.ready_models()["brasyn-t2"].entry
+    script.card("t1-to-t2")
+    models = pretrained.ready_models()
+    card = models["t1-to-t2"].card.read_text()
+    assert "Some Xeon" in card and "| `t1-to-t2` recipe | 17.50 ± 0.50 |" in card
+    assert models["t1-to-t2"].entry["cross_validation"]["runs"] == 12
+    assert {p.name: p.read_bytes() for p in moved_weights.glob("*.pth")} == weights
+    assert ((moved_weights / "brasyn-t2_MODEL_CARD.md").read_text(), models["brasyn-t2"].entry) == other
+    data = bytearray((moved_weights / "t1-to-t2.pth").read_bytes())
+    data[len(data) // 2] ^= 0xFF  # the card must describe the very weights it sits beside
+    (moved_weights / "t1-to-t2.pth").write_bytes(bytes(data))
+    with pytest.raises(SystemExit, match=r"t1-to-t2\.pth"):
+        script.card("t1-to-t2")
 
 
 def test_models_name_prints_the_card_and_an_unknown_name_is_one_line(capsys):

@@ -138,13 +138,18 @@ def models_table(models: dict[str, ReadyModel] | None = None) -> str:
             f"| {format_spread(model, 'psnr_mask_window', 2)} ({format_spread(table, 'psnr_mask_window', 2)}) |"
         )
     baselines = sorted({m.entry.get("cross_validation", {}).get("baseline_name", "") for m in models.values()} - {""})
-    protocols = sorted({m.entry.get("cross_validation", {}).get("protocol", "") for m in models.values()} - {""})
+    protocols = {m.name: m.entry.get("cross_validation", {}).get("protocol", "") for m in models.values()}
+    protocols = {name: text for name, text in protocols.items() if text}
+    if len(set(protocols.values())) > 1:  # say which model each protocol scored
+        protocol_text = " ".join(f"`{name}`: {text}" for name, text in protocols.items())
+    else:
+        protocol_text = " ".join(set(protocols.values()))
     lines += [
         "",
         "Scores: mean ± std over the folds and seeds of a cross-validation by site (each fold's test "
         "patients from a site none of its training patients come from), each fold's model trained with "
         f"the shipped recipe; in brackets the {' / '.join(baselines) or 'baseline'} fitted on the same "
-        "training patients. " + " ".join(protocols),
+        "training patients. " + protocol_text,
         f"Model cards: {WEIGHTS_DIR}/<name>_MODEL_CARD.md",
     ]
     return "\n".join(lines)
